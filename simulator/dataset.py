@@ -9,6 +9,7 @@ arguments give the same file contents, and an interrupted run resumes where it s
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import multiprocessing
@@ -35,6 +36,7 @@ DEFOCUS_CONVENTION = (
     "cell_height/2 above abTEM's reference plane (the exit plane); abTEM was given defocus + cell_height/2"
 )
 _ORIENTATION_STREAM, _DEFOCUS_STREAM, _NOISE_STREAM = 0, 1, 2
+_COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,10 @@ def _drain(results, out: h5py.File, bar, last_flush: float) -> None:
 
 
 def _write_sample(out: h5py.File, index: int, result: OrientationResult) -> None:
+    if "diffraction" not in out:  # its size is abTEM's to choose: made from the first pattern
+        side = result.diffraction.shape[-1]
+        out.create_dataset("diffraction", (len(out["done"]), side, side), np.float32, chunks=(1, side, side),
+                           **_COMPRESSION)
     out["diffraction"][index] = result.diffraction
     for kind in IMAGE_KINDS:
         out[kind][index] = getattr(result, kind)
@@ -191,19 +197,13 @@ def _open_or_create(request: DatasetRequest, plan: _Plan) -> list[int]:
 
 
 def _create(path: Path, request: DatasetRequest, plan: _Plan) -> None:
-    import abtem
-    from simulator.physics import diffraction_side_px
-
     config = request.config
     total = len(plan.protein_id)
-    side = diffraction_side_px(config)
     size = config.image_size_px
     tmp = path.with_name(path.name + ".partial")
     with h5py.File(tmp, "w", track_order=True) as f:
-        compression = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
-        f.create_dataset("diffraction", (total, side, side), np.float32, chunks=(1, side, side), **compression)
         for kind in IMAGE_KINDS:
-            f.create_dataset(kind, (total, size, size), np.float32, chunks=(1, size, size), **compression)
+            f.create_dataset(kind, (total, size, size), np.float32, chunks=(1, size, size), **_COMPRESSION)
         f.create_dataset("protein_id", data=plan.protein_id, track_times=False)
         f.create_dataset("orientation", data=plan.quaternions, track_times=False)
         f.create_dataset("defocus_lr_A", data=plan.defocus_lr_A, track_times=False)
@@ -227,7 +227,7 @@ def _create(path: Path, request: DatasetRequest, plan: _Plan) -> None:
             seed=request.seed,
             orientations_per_protein=request.orientations,
             simed_version=simed_stream.__version__,
-            abtem_version=abtem.__version__,
+            abtem_version=importlib.metadata.version("abtem"),
             energy_eV=config.energy_eV,
             wavelength_A=config.wavelength_A,
             box_A=config.box_A,
