@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +133,12 @@ def _run(tasks: list[tuple], request: DatasetRequest, plan: _Plan, out: h5py.Fil
     except KeyboardInterrupt:
         out.flush()
         raise SimedError(f"interrupted; finished samples are kept in {request.out}; rerun the same command to resume")
+    except BrokenProcessPool:
+        out.flush()
+        raise SimedError(
+            f"a worker process died (out of memory?); finished samples are kept in {request.out}; "
+            "rerun the same command, perhaps with fewer --workers, to resume"
+        ) from None
     finally:
         bar.close()
 

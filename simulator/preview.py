@@ -36,7 +36,8 @@ def write_preview(dataset_path: str | Path, png_path: str | Path, max_samples: i
         for c, (key, title) in enumerate(PANELS):
             image = np.log10(np.maximum(row[key], 1e-9)) if key == "diffraction" else row[key]
             half = image.shape[0] / 2 * (mrad_per_px if key == "diffraction" else pixel_A)
-            axes[r, c].imshow(image, cmap="gray", extent=(-half, half, half, -half))
+            low, high = np.percentile(image, [1, 99.9])  # the direct beam would swamp the log scale
+            axes[r, c].imshow(image, cmap="gray", vmin=low, vmax=high, extent=(-half, half, half, -half))
             axes[r, c].set_title(f"{title}" if r else f"{title}\n({'mrad' if key == 'diffraction' else 'Å'})", fontsize=9)
             axes[r, c].tick_params(labelsize=7)
         axes[r, 0].set_ylabel(f"#{row['index']} {names[protein_ids[row['index']]]}")
