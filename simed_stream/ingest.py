@@ -1,0 +1,480 @@
+"""The receiver: takes a simed-stream/1 data stream, accounts for every frame, sums and centres
+each scan position and writes a lossless capture per series.
+
+Two threads. The *receive* thread only receives and decodes (ZeroMQ and JSON release the GIL
+or are cheap) and puts messages on a bounded queue. The *processing* thread owns all series
+state: series-level validation, accounting, compression of frames (bitshuffle releases the GIL),
+direct chunk writes, per-position sums and beam centres (numba, GIL released).
+
+Back-pressure, not loss: when processing falls behind, the queue fills, the receive thread
+blocks, ZeroMQ's receive buffer (RCVHWM messages) fills and then the detector's send buffer;
+a real detector then drops frames at source and says so in `series_end`. Nothing accepted is
+ever dropped. Memory is bounded by (queue_messages + rcvhwm) × max_message_bytes plus
+max_pending_positions partial position sums.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import zmq
+
+from simed_stream import kernels
+from simed_stream.capture import (RECEIVED, REJECTED, Accounting, CaptureWriter, compress_frame,
+                                  position_sum_dtype)
+from simed_stream.protocol import (DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES, Frames, Heartbeat,
+                                   OverviewImage, ProtocolError, SeriesEnd, SeriesStart, decode)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReceiverSettings:
+    capture_dir: Path
+    data_endpoint: str = DEFAULT_DATA_ENDPOINT
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    queue_messages: int = 8
+    rcvhwm: int = 8
+    series_timeout_s: float = 10.0
+    overview_grace_s: float = 5.0
+    beam_radius_px: float = 8.0
+    max_pending_positions: int = 256
+    flush_interval_s: float = 1.0
+    capture: bool = True
+
+
+@dataclass
+class SeriesSummary:
+    series_id: str
+    path: Path | None
+    end_status: str
+    accounting: dict
+    notes: list[str] = field(default_factory=list)
+    overview: bool = False
+
+
+class _Series:
+    """State of one open series; lives in the processing thread only."""
+
+    def __init__(self, start: SeriesStart, header_bytes: bytes, now_ns: int, settings: ReceiverSettings):
+        self.start = start
+        self.status = np.zeros(start.frames_expected, np.uint8)
+        self.accounting = Accounting(start.frames_expected, positions_total=start.nav_shape[0] * start.nav_shape[1])
+        self.last_activity = time.monotonic()
+        self.end: SeriesEnd | None = None
+        self.ended_at = 0.0
+        self.overview_received = False
+        self.notes: list[str] = []
+        ny, nx = start.nav_shape
+        self.frame_counts = np.zeros(ny * nx, np.int64)
+        self.flushed_positions = np.zeros(ny * nx, bool)
+        self.centres = np.full((ny * nx, 2), np.nan)
+        self.valid = np.zeros(ny * nx, bool)
+        h, w = start.sig_shape
+        self.pool = np.zeros((settings.max_pending_positions, h, w), position_sum_dtype(start.dtype))
+        self.pool_counts = np.zeros(settings.max_pending_positions, np.int64)
+        self.slot_of: dict[int, int] = {}  # position -> pool slot, in arrival order (oldest first)
+        self.free_slots = list(range(settings.max_pending_positions - 1, -1, -1))
+        self.late_frames = 0
+        self.writer = None
+        if settings.capture:
+            path = settings.capture_dir / f"{_safe_name(start.series_id)}.h5"
+            self.writer = CaptureWriter(path, start, header_bytes, now_ns)
+        self.last_flush = time.monotonic()
+
+
+def _safe_name(series_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in series_id)[:128] or "series"
+
+
+class Receiver:
+    """Receive, validate, account, process and capture; use as a context manager.
+
+    `on_series_closed(summary)` is called from the processing thread when a series closes.
+    """
+
+    def __init__(self, settings: ReceiverSettings, on_series_closed: Callable[[SeriesSummary], None] | None = None):
+        self.settings = settings
+        settings.capture_dir = Path(settings.capture_dir)
+        settings.capture_dir.mkdir(parents=True, exist_ok=True)
+        self.on_series_closed = on_series_closed
+        self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_messages)
+        self._stop = threading.Event()
+        self._context = zmq.Context.instance()
+        self._series: dict[str, _Series] = {}
+        self.closed: list[SeriesSummary] = []
+        self._closed_ids: set[str] = set()
+        self._lock = threading.Lock()
+        self._counters = dict(messages=0, rejected_messages=0, frames_received=0, frames_rejected=0,
+                              duplicates=0, msg_seq_gaps=0, heartbeats=0, bytes=0)
+        self._last_seq: int | None = None
+        self._lag_s = 0.0
+        self._threads: list[threading.Thread] = []
+        self._rate_window: list[tuple[float, int]] = []
+        self._rejection_logs = 0
+        self.error: BaseException | None = None
+
+    # -- lifecycle
+    def __enter__(self) -> "Receiver":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        socket = self._context.socket(zmq.PULL)
+        socket.setsockopt(zmq.RCVHWM, self.settings.rcvhwm)
+        # hard cap per part: beyond it ZeroMQ drops the connection (and reconnects); between the
+        # soft limit and this, a message is received and rejected with its frames accounted for
+        socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_message_bytes)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.settings.data_endpoint)
+        self._socket = socket
+        self._threads = [threading.Thread(target=self._receive_loop, name="simed-receive", daemon=True),
+                         threading.Thread(target=self._process_loop, name="simed-process", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, drain_s: float = 0.5) -> list[SeriesSummary]:
+        """Stop receiving, process what is queued, close every open series."""
+        time.sleep(0)  # let a just-arrived message reach the queue
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._socket.close(0)
+        return self.closed
+
+    def wait_for_series(self, count: int, timeout_s: float) -> list[SeriesSummary]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise RuntimeError("receiver processing failed") from self.error
+            with self._lock:
+                if len(self.closed) >= count:
+                    return list(self.closed)
+            time.sleep(0.02)
+        raise TimeoutError(f"{len(self.closed)} of {count} series closed within {timeout_s} s")
+
+    def status(self) -> dict:
+        with self._lock:
+            now = time.monotonic()
+            window = [(t, n) for t, n in self._rate_window if now - t < 2.0]
+            fps = (window[-1][1] - window[0][1]) / (window[-1][0] - window[0][0]) if len(window) > 1 and window[-1][0] > window[0][0] else 0.0
+            open_series = {sid: s.accounting.as_dict() for sid, s in self._series.items()}
+            return dict(self._counters, queue_depth=self._queue.qsize(), queue_capacity=self.settings.queue_messages,
+                        lag_s=round(self._lag_s, 3), frames_per_s=round(fps, 1), open_series=open_series,
+                        closed_series=[s.series_id for s in self.closed])
+
+    # -- receive thread
+    def _receive_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(50):
+                self._put(("tick", None, None, time.time_ns()))
+                continue
+            parts = self._socket.recv_multipart(copy=False)
+            now_ns = time.time_ns()
+            buffers = [part.buffer for part in parts]
+            try:
+                message = decode(buffers, self.settings.max_message_bytes)
+            except ProtocolError as error:
+                self._put(("rejected", error, None, now_ns))
+                continue
+            self._put(("message", message, bytes(buffers[0]), now_ns))
+        self._put(("stop", None, None, time.time_ns()), force=True)
+
+    def _put(self, item, force: bool = False) -> None:
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                if self._stop.is_set() and not force:
+                    return
+
+    # -- processing thread
+    def _process_loop(self) -> None:
+        try:
+            while True:
+                kind, payload, header_bytes, t_ns = self._queue.get()
+                self._lag_s = max(0.0, (time.time_ns() - t_ns) / 1e9)
+                if kind == "stop":
+                    break
+                if kind == "rejected":
+                    self._reject(payload)
+                elif kind == "message":
+                    self._handle(payload, header_bytes, t_ns)
+                self._housekeeping()
+            while True:  # drain what the receive thread queued before stopping
+                try:
+                    kind, payload, header_bytes, t_ns = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "message":
+                    self._handle(payload, header_bytes, t_ns)
+                elif kind == "rejected":
+                    self._reject(payload)
+            for series_id in list(self._series):
+                self._close(series_id, "receiver stopped before the series ended")
+        except BaseException as error:  # keep the cause for the caller; never lose it silently
+            log.exception("processing thread failed")
+            self.error = error
+            for series_id in list(self._series):
+                try:
+                    self._close(series_id, f"receiver error: {error}")
+                except Exception:
+                    log.exception("could not close series %s", series_id)
+
+    def _handle(self, message, header_bytes: bytes, t_ns: int) -> None:
+        with self._lock:
+            self._counters["messages"] += 1
+        self._check_sequence(message.msg_seq)
+        if isinstance(message, Heartbeat):
+            with self._lock:
+                self._counters["heartbeats"] += 1
+            return
+        if isinstance(message, SeriesStart):
+            self._open(message, header_bytes, t_ns)
+            return
+        series = self._series.get(message.series_id)
+        if series is None:
+            reason = (f"{message.header['htype']} for series {message.series_id!r}, which is "
+                      f"{'already closed' if message.series_id in self._closed_ids else 'unknown (no series_start seen)'}")
+            if isinstance(message, OverviewImage) and message.series_id in self._closed_ids:
+                self._late_overview(message, header_bytes)
+                return
+            self._reject(ProtocolError(reason, message.series_id))
+            return
+        series.last_activity = time.monotonic()
+        if isinstance(message, Frames):
+            self._frames(series, message, header_bytes, t_ns)
+        elif isinstance(message, OverviewImage):
+            series.overview_received = True
+            if series.writer:
+                series.writer.add_message(header_bytes, t_ns)
+                series.writer.write_overview(message, header_bytes)
+        elif isinstance(message, SeriesEnd):
+            series.end = message
+            series.ended_at = time.monotonic()
+            series.accounting.dropped_at_source = message.frames_dropped_at_source
+            if series.writer:
+                series.writer.add_message(header_bytes, t_ns)
+
+    def _check_sequence(self, seq: int) -> None:
+        if self._last_seq is not None and seq != self._last_seq + 1:
+            if seq > self._last_seq + 1:
+                with self._lock:
+                    self._counters["msg_seq_gaps"] += 1
+                log.warning("msg_seq jumped from %d to %d: %d message(s) lost or reordered in transit",
+                            self._last_seq, seq, seq - self._last_seq - 1)
+            elif seq == 0:
+                log.info("msg_seq restarted at 0: detector restarted or reconnected")
+        self._last_seq = seq if self._last_seq is None or seq > self._last_seq or seq == 0 else self._last_seq
+
+    def _open(self, start: SeriesStart, header_bytes: bytes, t_ns: int) -> None:
+        if start.series_id in self._series or start.series_id in self._closed_ids:
+            self._reject(ProtocolError(f"series_start for series {start.series_id!r}, which already exists",
+                                       start.series_id))
+            return
+        if start.frames_expected > 50_000_000:
+            self._reject(ProtocolError(f"series {start.series_id!r} announces {start.frames_expected} frames, "
+                                       "more than the receiver accepts (50 000 000)", start.series_id))
+            return
+        try:
+            series = _Series(start, header_bytes, t_ns, self.settings)
+        except OSError as error:
+            log.error("cannot create the capture for series %s: %s", start.series_id, error)
+            raise
+        self._series[start.series_id] = series
+        log.info("series %s started: %s frames expected, scan %s × %d frames/position",
+                 start.series_id, start.frames_expected, start.nav_shape, start.frames_per_position)
+
+    def _frames(self, series: _Series, message: Frames, header_bytes: bytes, t_ns: int) -> None:
+        start = series.start
+        ids = message.frame_ids
+        reason = None
+        if tuple(message.header["shape"]) != start.sig_shape:
+            reason = f"frame shape {message.header['shape']} differs from the series' {list(start.sig_shape)}"
+        elif message.pixels.dtype != start.dtype:
+            reason = f"frame dtype {message.pixels.dtype.str} differs from the series' {start.dtype.str}"
+        elif int(ids.max()) >= start.frames_expected:
+            reason = f"frame id {int(ids.max())} beyond the {start.frames_expected} frames expected"
+        elif len(np.unique(ids)) != len(ids):
+            reason = "frame ids repeat within one message"
+        else:
+            ny, nx = start.nav_shape
+            y, x = message.scan_yx[:, 0], message.scan_yx[:, 1]
+            if (y < 0).any() or (y >= ny).any() or (x < 0).any() or (x >= nx).any():
+                reason = f"scan position outside the {ny}×{nx} scan"
+        if reason is not None:
+            self._reject(ProtocolError(reason, message.series_id, ids), series)
+            return
+        index = ids.astype(np.int64)
+        fresh = series.status[index] != RECEIVED
+        duplicates = int((~fresh).sum())
+        if duplicates:
+            with self._lock:
+                self._counters["duplicates"] += duplicates
+            series.accounting.duplicates += duplicates
+            if not fresh.any():
+                return
+        # a duplicate message carries nothing new; partially new ones keep only the new frames
+        index, pixels = index[fresh], message.pixels[fresh]
+        scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
+        if series.writer:
+            message_index = series.writer.add_message(header_bytes, t_ns)
+            chunks = [compress_frame(frame) for frame in pixels]
+            series.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps)
+        series.status[index] = RECEIVED
+        self._accumulate(series, pixels, scan_yx)
+        with self._lock:
+            self._counters["frames_received"] += len(index)
+            self._counters["bytes"] += pixels.nbytes
+            self._rate_window.append((time.monotonic(), self._counters["frames_received"]))
+            if len(self._rate_window) > 512:
+                del self._rate_window[:256]
+
+    def _accumulate(self, series: _Series, pixels: np.ndarray, scan_yx: np.ndarray) -> None:
+        nx = series.start.nav_shape[1]
+        positions = scan_yx[:, 0].astype(np.int64) * nx + scan_yx[:, 1]
+        slots = np.empty(len(positions), np.int64)
+        for i, position in enumerate(positions):
+            position = int(position)
+            if series.flushed_positions[position]:
+                slots[i] = -1  # its sum was already written as incomplete; the frame itself is captured
+                series.late_frames += 1
+                continue
+            slot = series.slot_of.get(position)
+            if slot is None:
+                if not series.free_slots:
+                    self._flush_position(series, next(iter(series.slot_of)), complete=False)
+                slot = series.free_slots.pop()
+                series.slot_of[position] = slot
+            slots[i] = slot
+        kernels.accumulate_positions(pixels, slots, series.pool, series.pool_counts)
+        per_position = series.start.frames_per_position
+        for position in set(int(p) for p in positions):
+            slot = series.slot_of.get(position)
+            if slot is not None and series.pool_counts[slot] >= per_position:
+                self._flush_position(series, position, complete=True)
+
+    def _flush_position(self, series: _Series, position: int, complete: bool) -> None:
+        slot = series.slot_of.pop(position)
+        frame_sum = series.pool[slot]
+        count = int(series.pool_counts[slot])
+        centre = kernels.beam_centre(frame_sum, self.settings.beam_radius_px) if count else (np.nan, np.nan)
+        valid = complete and bool(np.isfinite(centre).all())
+        series.frame_counts[position] = count
+        series.centres[position] = centre
+        series.valid[position] = valid
+        series.flushed_positions[position] = True
+        if series.writer:
+            series.writer.write_position(position, frame_sum, count, centre, valid)
+        frame_sum[...] = 0
+        series.pool_counts[slot] = 0
+        series.free_slots.append(slot)
+
+    def _reject(self, error: ProtocolError, series: _Series | None = None) -> None:
+        if series is None and error.series_id is not None:
+            series = self._series.get(error.series_id)
+        frames = 0
+        if series is not None and error.frame_ids is not None:
+            ids = error.frame_ids.astype(np.int64)
+            ids = ids[(ids >= 0) & (ids < len(series.status))]
+            ids = ids[series.status[ids] != RECEIVED]
+            series.status[ids] = REJECTED
+            frames = len(ids)
+        with self._lock:
+            self._counters["rejected_messages"] += 1
+            self._counters["frames_rejected"] += frames
+        if series is not None:
+            series.accounting.rejected_messages += 1
+            if series.writer:
+                series.writer.add_rejection(error.reason)
+        self._rejection_logs += 1
+        if self._rejection_logs <= 20 or self._rejection_logs % 100 == 0:
+            log.warning("rejected message (%d so far): %s%s", self._rejection_logs, error.reason,
+                        f" [{frames} frame(s) of series {error.series_id}]" if frames else "")
+
+    def _late_overview(self, message: OverviewImage, header_bytes: bytes) -> None:
+        import h5py
+
+        summary = next(s for s in self.closed if s.series_id == message.series_id)
+        log.warning("overview for series %s arrived after it closed; added to its capture", message.series_id)
+        if summary.path is not None:
+            with h5py.File(summary.path, "r+") as f:
+                name = f"overviews/{message.header['overview_id']}"
+                if name not in f:
+                    dataset = f.create_dataset(name, data=message.image)
+                    dataset.attrs.update(header=header_bytes.decode(), affine_scan_to_overview=message.affine,
+                                         pixel_size_A=float(message.header["pixel_size_A"]),
+                                         acquired=message.header["acquired"])
+        summary.overview = True
+        summary.notes.append("overview arrived after the series closed")
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for series_id, series in list(self._series.items()):
+            self._update_accounting(series)
+            if series.writer and now - series.last_flush > self.settings.flush_interval_s:
+                series.writer.flush(series.accounting, series.status)
+                series.last_flush = now
+            if series.end is not None:
+                if series.overview_received or now - series.ended_at > self.settings.overview_grace_s:
+                    self._close(series_id, None)
+            elif now - series.last_activity > self.settings.series_timeout_s:
+                self._close(series_id, f"no series_end and no message for {self.settings.series_timeout_s:g} s")
+
+    def _update_accounting(self, series: _Series) -> None:
+        counts = np.bincount(series.status, minlength=3)
+        series.accounting.received = int(counts[RECEIVED])
+        series.accounting.rejected = int(counts[REJECTED])
+        series.accounting.positions_valid = int(series.valid.sum())
+
+    def _close(self, series_id: str, problem: str | None) -> None:
+        series = self._series.pop(series_id)
+        for position in list(series.slot_of):
+            self._flush_position(series, position, complete=False)
+        self._update_accounting(series)
+        notes = list(series.notes)
+        if problem:
+            notes.append(problem)
+        if not series.overview_received:
+            notes.append("no overview image received")
+        if series.late_frames:
+            notes.append(f"{series.late_frames} frame(s) arrived after their position's sum was written")
+        accounting = series.accounting
+        if accounting.missing < 0:
+            notes.append("detector reports more frames dropped at source than were not received")
+        if accounting.missing:
+            notes.append(f"{accounting.missing} frame(s) missing")
+        end_status = series.end.status if series.end is not None else "incomplete"
+        plane = None
+        ny, nx = series.start.nav_shape
+        if series.valid.sum() >= 3:
+            try:
+                plane = kernels.fit_descan_plane(series.centres.reshape(ny, nx, 2), series.valid.reshape(ny, nx))
+            except ValueError as error:
+                notes.append(f"descan plane not fitted: {error}")
+        path = None
+        if series.writer:
+            series.writer.close(accounting, series.status, end_status, notes, plane)
+            path = series.writer.path
+        summary = SeriesSummary(series_id, path, end_status, accounting.as_dict(), notes, series.overview_received)
+        log.info("series %s closed (%s): %s", series_id, end_status, accounting.as_dict())
+        for note in notes:
+            log.warning("series %s: %s", series_id, note)
+        with self._lock:
+            self.closed.append(summary)
+            self._closed_ids.add(series_id)
+        if self.on_series_closed:
+            self.on_series_closed(summary)

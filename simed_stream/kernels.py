@@ -1,0 +1,474 @@
+"""Numba kernels for detector frames: position sums, beam centres, shifts, bad pixels, descan.
+
+Frames are 2-D detector images of dtype uint8, uint16, uint32 or float32; batches are (n, h, w).
+Every public function is a plain Python wrapper that checks its arguments (ValueError with a
+message naming the argument) and then calls a jitted core. The cores release the GIL
+(`nogil=True`), so callers may run them in threads. Batched cores use `prange` over frames or
+rows so that each output element is written by one thread in a fixed order: results do not
+depend on the thread count. Concurrent calls from several Python threads need a thread-safe
+numba threading layer (omp or tbb, not workqueue).
+
+Coordinates are (y, x) = (row, column) in pixels; pixel (i, j) has its centre at (i, j).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.float32))
+
+# 1.4826 * MAD estimates the standard deviation of normally distributed values.
+MAD_TO_STD = 1.4826
+
+# The 8 neighbours of a pixel, as (dy, dx).
+NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _as_frames(frames, ndim: int, name: str = "frames") -> np.ndarray:
+    """`frames` as a C-contiguous array of a supported dtype and `ndim` dimensions."""
+    array = np.asarray(frames)
+    if array.ndim != ndim:
+        layout = "(h, w)" if ndim == 2 else "(n, h, w)"
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {array.shape}")
+    if array.dtype not in FRAME_DTYPES:
+        allowed = ", ".join(str(dtype) for dtype in FRAME_DTYPES)
+        raise ValueError(f"{name} has dtype {array.dtype}; supported: {allowed}")
+    if min(array.shape[-2:]) < 1:
+        raise ValueError(f"{name} has an empty frame shape {array.shape[-2:]}")
+    # One memory layout keeps the number of compiled specialisations down.
+    return np.ascontiguousarray(array)
+
+
+def _positive_float(value, name: str) -> float:
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return number
+
+
+def _positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or int(value) != value or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _yx_pairs(values, n: int, name: str) -> np.ndarray:
+    """`values` as float64 (n, 2); NaN is allowed (it marks an invalid centre)."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != (n, 2):
+        raise ValueError(f"{name} must have shape ({n}, 2) to match the frames, got {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def sum_dtype(frame_dtype) -> np.dtype:
+    """Accumulator dtype for sums of frames: uint32 for integer frames, float32 for float32."""
+    dtype = np.dtype(frame_dtype)
+    if dtype not in FRAME_DTYPES:
+        raise ValueError(f"frames have dtype {dtype}; supported: {', '.join(map(str, FRAME_DTYPES))}")
+    # uint32 holds 65535 * 65537 frames of a saturated uint16 detector; uint32 frames (counting
+    # detectors) hold small counts in practice and wrap past 2**32 - 1 as numpy would.
+    return np.dtype(np.float32) if dtype.kind == "f" else np.dtype(np.uint32)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. sums per scan position
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def _accumulate_core(frames, position_index, sums, counts):
+    n, h, w = frames.shape
+    # Threads split the detector rows, not the frames: each sum element is then written by one
+    # thread, in frame order, so float sums are reproducible and there are no races.
+    for row in numba.prange(h):
+        for i in range(n):
+            position = position_index[i]
+            if position < 0:
+                continue
+            for col in range(w):
+                sums[position, row, col] += frames[i, row, col]
+    for i in range(n):
+        if position_index[i] >= 0:
+            counts[position_index[i]] += 1
+
+
+def accumulate_positions(frames, position_index, sums: np.ndarray, counts: np.ndarray) -> None:
+    """Add each frame to `sums[position_index[i]]` in place and count it; index -1 skips a frame.
+
+    sums: (n_positions, h, w) of `sum_dtype(frames.dtype)`, C-contiguous; counts: (n_positions,)
+    int64. Call batch after batch while streaming.
+    """
+    frames = _as_frames(frames, 3)
+    n, h, w = frames.shape
+    index = np.asarray(position_index)
+    if index.ndim != 1 or index.shape[0] != n:
+        raise ValueError(f"position_index must have shape ({n},) to match frames, got {index.shape}")
+    if index.dtype.kind not in "iu":
+        raise ValueError(f"position_index must hold integers, got dtype {index.dtype}")
+    if not isinstance(sums, np.ndarray) or sums.ndim != 3 or sums.shape[1:] != (h, w):
+        shape = getattr(sums, "shape", None)
+        raise ValueError(f"sums must have shape (n_positions, {h}, {w}), got {shape}")
+    if sums.dtype != sum_dtype(frames.dtype):
+        raise ValueError(f"sums must have dtype {sum_dtype(frames.dtype)} for {frames.dtype} frames, got {sums.dtype}")
+    n_positions = sums.shape[0]
+    if not isinstance(counts, np.ndarray) or counts.shape != (n_positions,) or counts.dtype != np.int64:
+        raise ValueError(f"counts must be int64 of shape ({n_positions},), got {getattr(counts, 'dtype', None)} "
+                         f"{getattr(counts, 'shape', None)}")
+    for name, array in (("sums", sums), ("counts", counts)):
+        if not (array.flags.c_contiguous and array.flags.writeable):
+            raise ValueError(f"{name} must be a writeable C-contiguous array (it is updated in place)")
+    if n and (index.min() < -1 or index.max() >= n_positions):
+        bad = index[(index < -1) | (index >= n_positions)]
+        raise ValueError(f"position_index values must lie in [-1, {n_positions - 1}], got {bad[:5].tolist()}")
+    _accumulate_core(frames, index.astype(np.int64), sums, counts)
+
+
+def sum_positions(frames, position_index, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum frames per scan position: (sums (n_positions, h, w), counts (n_positions,) int64).
+
+    Sums are uint32 for integer frames and float32 for float32 frames; index -1 skips a frame.
+    """
+    frames = _as_frames(frames, 3)
+    n_positions = _positive_int(n_positions, "n_positions")
+    sums = np.zeros((n_positions,) + frames.shape[1:], dtype=sum_dtype(frames.dtype))
+    counts = np.zeros(n_positions, dtype=np.int64)
+    accumulate_positions(frames, position_index, sums, counts)
+    return sums, counts
+
+
+# --------------------------------------------------------------------------------------------
+# 2. direct-beam centre
+
+
+@numba.njit(nogil=True, cache=True)
+def _pixel_value(value):
+    """A pixel as float64; NaN and inf count as 0 so that one bad value cannot poison a sum."""
+    number = np.float64(value)
+    return number if math.isfinite(number) else 0.0
+
+
+@numba.njit(nogil=True, cache=True)
+def _brightest_box(frame, box_px):
+    """(y, x) whose box_px x box_px box (clipped to the frame) has the largest sum; first wins."""
+    h, w = frame.shape
+    before = box_px // 2  # the box spans [y - before, y - before + box_px)
+    # Row sums of the box from running (prefix) sums: O(1) per pixel, and exact for integer
+    # frames because float64 holds their sums exactly.
+    row_sums = np.empty((h, w), dtype=np.float64)
+    prefix = np.empty(w + 1, dtype=np.float64)
+    for y in range(h):
+        prefix[0] = 0.0
+        for x in range(w):
+            prefix[x + 1] = prefix[x] + _pixel_value(frame[y, x])
+        for x in range(w):
+            row_sums[y, x] = prefix[min(w, x - before + box_px)] - prefix[max(0, x - before)]
+    best = -np.inf
+    best_y = 0
+    best_x = 0
+    box_sums = np.empty(w, dtype=np.float64)
+    for y in range(h):
+        # Whole rows at a time: the inner loop runs along memory and vectorises.
+        box_sums[:] = 0.0
+        for yy in range(max(0, y - before), min(h, y - before + box_px)):
+            for x in range(w):
+                box_sums[x] += row_sums[yy, x]
+        for x in range(w):
+            if box_sums[x] > best:  # strict: ties keep the first in row-major order
+                best = box_sums[x]
+                best_y = y
+                best_x = x
+    return best_y, best_x
+
+
+@numba.njit(nogil=True, cache=True)
+def _centre_of_mass(frame, y0, x0, radius_px):
+    """Intensity-weighted mean (y, x) of pixels within radius_px of (y0, x0); NaN if no signal."""
+    h, w = frame.shape
+    reach = int(math.floor(radius_px))
+    radius_sq = radius_px * radius_px
+    total = 0.0
+    sum_y = 0.0
+    sum_x = 0.0
+    for y in range(max(0, y0 - reach), min(h, y0 + reach + 1)):
+        for x in range(max(0, x0 - reach), min(w, x0 + reach + 1)):
+            if (y - y0) ** 2 + (x - x0) ** 2 <= radius_sq:
+                value = _pixel_value(frame[y, x])
+                total += value
+                sum_y += value * y
+                sum_x += value * x
+    if total <= 0.0:
+        return np.nan, np.nan
+    return sum_y / total, sum_x / total
+
+
+@numba.njit(nogil=True, cache=True)
+def _beam_centre_core(frame, radius_px, box_px):
+    y0, x0 = _brightest_box(frame, box_px)
+    return _centre_of_mass(frame, y0, x0, radius_px)
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def _beam_centres_core(frames, radius_px, box_px, centres):
+    for i in numba.prange(frames.shape[0]):
+        cy, cx = _beam_centre_core(frames[i], radius_px, box_px)
+        centres[i, 0] = cy
+        centres[i, 1] = cx
+
+
+def beam_centre(frame, radius_px: float = 8.0, box_px: int = 5) -> tuple[float, float]:
+    """Sub-pixel direct-beam centre (cy, cx) of one frame.
+
+    The brightest box_px x box_px region (argmax of the box sum, first in row-major order on
+    ties) locates the beam, so a single hot pixel, diluted by the box, loses to a beam disc;
+    the centre of mass of pixels within radius_px of it gives the sub-pixel centre. The window
+    is clipped to the frame, so a beam cut by the edge gives a centre biased inward.
+    A frame with no positive signal in the window (e.g. all zero) gives (nan, nan): callers
+    mark that position invalid. NaN/inf pixels count as 0. Never raises on pixel values.
+    """
+    frame = _as_frames(frame, 2, "frame")
+    cy, cx = _beam_centre_core(frame, _positive_float(radius_px, "radius_px"), _positive_int(box_px, "box_px"))
+    return float(cy), float(cx)
+
+
+def beam_centres(frames, radius_px: float = 8.0, box_px: int = 5) -> np.ndarray:
+    """`beam_centre` of each frame: (n, 2) float64 of (cy, cx), NaN rows for frames with no signal."""
+    frames = _as_frames(frames, 3)
+    centres = np.empty((frames.shape[0], 2), dtype=np.float64)
+    _beam_centres_core(frames, _positive_float(radius_px, "radius_px"), _positive_int(box_px, "box_px"), centres)
+    return centres
+
+
+# --------------------------------------------------------------------------------------------
+# 3. sub-pixel shifts
+
+
+@numba.njit(nogil=True, cache=True)
+def _shift_into(frame, dy, dx, out):
+    """Write `frame` moved by (dy, dx) into float32 `out` by bilinear splatting.
+
+    Every input pixel (y, x) sends its value to the 4 pixels around (y + dy, x + dx) with
+    bilinear weights. The shift is the same for all pixels, so this equals a gather: output
+    (Y, X) takes input rows Y - iy (weight 1 - fy) and Y - iy - 1 (weight fy), where
+    dy = iy + fy, and likewise for columns. The gather has no write conflicts and sums each
+    output in float64. Contributions landing outside the frame are dropped.
+    """
+    h, w = frame.shape
+    if not (math.isfinite(dy) and math.isfinite(dx)):
+        for y in range(h):  # no valid shift: unshifted
+            for x in range(w):
+                out[y, x] = frame[y, x]
+        return
+    if abs(dy) > h + 1 or abs(dx) > w + 1:
+        out[:, :] = 0.0  # everything lands outside (and the integer parts below stay small)
+        return
+    iy = int(math.floor(dy))
+    ix = int(math.floor(dx))
+    fy = dy - iy
+    fx = dx - ix
+    for out_y in range(h):
+        for out_x in range(w):
+            total = 0.0
+            for k in range(2):
+                weight_y = fy if k else 1.0 - fy
+                src_y = out_y - iy - k
+                # Zero weights are skipped so integer shifts copy values exactly (NaN included).
+                if weight_y == 0.0 or src_y < 0 or src_y >= h:
+                    continue
+                for m in range(2):
+                    weight_x = fx if m else 1.0 - fx
+                    src_x = out_x - ix - m
+                    if weight_x == 0.0 or src_x < 0 or src_x >= w:
+                        continue
+                    total += weight_y * weight_x * np.float64(frame[src_y, src_x])
+            out[out_y, out_x] = total
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def _centre_frames_core(frames, centres, target_y, target_x, out):
+    for i in numba.prange(frames.shape[0]):
+        # A NaN centre gives a NaN shift, which _shift_into treats as "leave unshifted".
+        _shift_into(frames[i], target_y - centres[i, 0], target_x - centres[i, 1], out[i])
+
+
+def shift_frame(frame, shift_yx) -> np.ndarray:
+    """`frame` moved by shift_yx = (dy, dx) pixels, as float32 (h, w).
+
+    Forward bilinear splatting: the total is conserved for content that stays inside the frame;
+    values that would land outside are dropped, and uncovered pixels are 0 (no wrap-around).
+    Integer shifts reproduce np.roll away from the wrapped border. A NaN/inf shift returns the
+    frame unshifted.
+    """
+    frame = _as_frames(frame, 2, "frame")
+    shift = np.asarray(shift_yx, dtype=np.float64)
+    if shift.shape != (2,):
+        raise ValueError(f"shift_yx must be (dy, dx), got shape {shift.shape}")
+    out = np.empty(frame.shape, dtype=np.float32)
+    _shift_into(frame, shift[0], shift[1], out)
+    return out
+
+
+def centre_frames(frames, centres_yx, target_yx=None) -> np.ndarray:
+    """Shift each frame so its centre centres_yx[i] lands on target_yx; float32 (n, h, w).
+
+    target_yx defaults to (h // 2, w // 2), where an FFT-centred pattern has its zero order.
+    Frames whose centre is NaN (no beam found) are returned unshifted. See `shift_frame`.
+    """
+    frames = _as_frames(frames, 3)
+    n, h, w = frames.shape
+    centres = _yx_pairs(centres_yx, n, "centres_yx")
+    target = np.asarray((h // 2, w // 2) if target_yx is None else target_yx, dtype=np.float64)
+    if target.shape != (2,) or not np.all(np.isfinite(target)):
+        raise ValueError(f"target_yx must be two finite numbers (ty, tx), got {target_yx!r}")
+    out = np.empty(frames.shape, dtype=np.float32)
+    _centre_frames_core(frames, centres, target[0], target[1], out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# 4. hot and dead pixels
+
+
+def _neighbour_stack(image: np.ndarray) -> np.ndarray:
+    """(8, h, w) float64 values of each pixel's 8 neighbours; NaN where off the frame."""
+    h, w = image.shape
+    padded = np.pad(image.astype(np.float64), 1, constant_values=np.nan)
+    return np.stack([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in NEIGHBOUR_OFFSETS])
+
+
+def pixel_mask_from_statistics(mean_frame, n_mad: float = 10.0, min_neighbour_mean: float = 1.0,
+                               min_scale: float = 0.0) -> np.ndarray:
+    """Bad-pixel mask (True = bad) from a mean frame over many exposures.
+
+    hot:  value - median(8 neighbours) > n_mad * scale, where scale = max(1.4826 * MAD of that
+          residual over the whole frame, min_scale). min_scale guards frames whose residuals are
+          mostly exactly 0 (scale 0 would flag every pixel above its neighbours).
+    dead: value == 0 while the mean of the 8 neighbours exceeds min_neighbour_mean.
+    Off-frame neighbours are left out at edges. Features sharper than the 3x3 neighbourhood
+    (a focused beam's peak) can look hot: build the statistics where the beam is spread out.
+    """
+    image = np.asarray(mean_frame)
+    if image.ndim != 2 or min(image.shape) < 2:
+        raise ValueError(f"mean_frame must be 2-D (h, w) with h, w >= 2, got shape {image.shape}")
+    if image.dtype.kind not in "uif":
+        raise ValueError(f"mean_frame must be numeric, got dtype {image.dtype}")
+    n_mad = _positive_float(n_mad, "n_mad")
+    image = image.astype(np.float64)
+    neighbours = _neighbour_stack(image)
+    residual = image - np.nanmedian(neighbours, axis=0)
+    scale = max(MAD_TO_STD * float(np.median(np.abs(residual - np.median(residual)))), float(min_scale))
+    hot = residual > n_mad * scale
+    dead = (image == 0) & (np.nanmean(neighbours, axis=0) > min_neighbour_mean)
+    return hot | dead
+
+
+@numba.njit(nogil=True, cache=True, parallel=True)
+def _apply_mask_core(frames, out, mask, bad_y, bad_x, round_to_integer):
+    n, h, w = frames.shape
+    for i in numba.prange(n):
+        for b in range(bad_y.shape[0]):
+            y = bad_y[b]
+            x = bad_x[b]
+            total = 0.0
+            good = 0
+            for yy in range(max(0, y - 1), min(h, y + 2)):
+                for xx in range(max(0, x - 1), min(w, x + 2)):
+                    # Only good pixels are read and only bad ones written, so in place is safe.
+                    if not mask[yy, xx]:
+                        total += np.float64(frames[i, yy, xx])
+                        good += 1
+            value = total / good if good else 0.0
+            if round_to_integer:
+                value = math.floor(value + 0.5)  # round half up; the mean of unsigned values is >= 0
+            out[i, y, x] = value
+
+
+def apply_pixel_mask(frames, mask, in_place: bool = False) -> np.ndarray:
+    """Replace each bad pixel (mask True) by the mean of its good 8-neighbours, 0 if none.
+
+    frames: (h, w) or (n, h, w); the result has the same shape and dtype, integer means
+    rounded half up. With in_place=True `frames` (a C-contiguous array) is modified and returned.
+    """
+    array = np.asarray(frames)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"frames must be 2-D (h, w) or 3-D (n, h, w), got shape {array.shape}")
+    if in_place and not (isinstance(frames, np.ndarray) and frames.flags.c_contiguous and frames.flags.writeable):
+        raise ValueError("in_place=True needs frames to be a writeable C-contiguous numpy array")
+    stack = _as_frames(array if array.ndim == 3 else array[np.newaxis], 3)
+    mask = np.asarray(mask)
+    if mask.shape != stack.shape[1:] or mask.dtype != np.bool_:
+        raise ValueError(f"mask must be bool of the frame shape {stack.shape[1:]}, got {mask.dtype} {mask.shape}")
+    out = stack if in_place else stack.copy()
+    bad_y, bad_x = np.nonzero(mask)
+    _apply_mask_core(stack, out, np.ascontiguousarray(mask), bad_y.astype(np.int64), bad_x.astype(np.int64),
+                     stack.dtype.kind != "f")
+    if in_place:
+        return frames
+    return out if array.ndim == 3 else out[0]
+
+
+# --------------------------------------------------------------------------------------------
+# 5. descan: the beam centre's drift across the scan, fitted by a plane
+
+
+def _plane_design(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Columns (1, x, y): coefficients are (a0, a_x, a_y)."""
+    return np.column_stack([np.ones_like(x, dtype=np.float64), x, y])
+
+
+def fit_descan_plane(centres_yx, valid, n_sigma: float = 3.0, iterations: int = 5) -> np.ndarray:
+    """Fit c = a0 + a1 * x + a2 * y to each beam-centre coordinate over the scan: (2, 3).
+
+    centres_yx: (ny, nx, 2); valid: bool (ny, nx) (non-finite centres count as invalid);
+    x = scan column, y = scan row. Row 0 of the result fits cy, row 1 cx. Least squares, then
+    `iterations` rounds that refit on the points whose residual is <= n_sigma * 1.4826 * MAD of
+    the current inliers' residuals; each coordinate rejects its own outliers.
+    """
+    centres = np.asarray(centres_yx, dtype=np.float64)
+    if centres.ndim != 3 or centres.shape[2] != 2:
+        raise ValueError(f"centres_yx must have shape (ny, nx, 2), got {centres.shape}")
+    valid = np.asarray(valid)
+    if valid.shape != centres.shape[:2] or valid.dtype != np.bool_:
+        raise ValueError(f"valid must be bool of shape {centres.shape[:2]}, got {valid.dtype} {valid.shape}")
+    n_sigma = _positive_float(n_sigma, "n_sigma")
+    if isinstance(iterations, bool) or int(iterations) != iterations or iterations < 0:
+        raise ValueError(f"iterations must be an integer >= 0, got {iterations!r}")
+    usable = valid & np.all(np.isfinite(centres), axis=2)
+    rows, cols = np.nonzero(usable)
+    if rows.size < 3:
+        raise ValueError(f"fit_descan_plane needs >= 3 valid positions, got {rows.size}")
+    design = _plane_design(rows.astype(np.float64), cols.astype(np.float64))
+    if np.linalg.matrix_rank(design) < 3:
+        raise ValueError("valid positions all lie on one line of the scan: a plane is undetermined")
+    return np.stack([_robust_plane(design, centres[rows, cols, c], n_sigma, int(iterations)) for c in range(2)])
+
+
+def _robust_plane(design: np.ndarray, values: np.ndarray, n_sigma: float, iterations: int) -> np.ndarray:
+    inliers = np.ones(values.size, dtype=bool)
+    coefficients = np.linalg.lstsq(design, values, rcond=None)[0]
+    for _ in range(iterations):
+        residual = values - design @ coefficients
+        spread = MAD_TO_STD * np.median(np.abs(residual[inliers] - np.median(residual[inliers])))
+        # A floor keeps exact planes (spread 0) from rejecting points over rounding error.
+        keep = np.abs(residual) <= max(n_sigma * spread, 1e-9)
+        if keep.sum() < 3 or np.linalg.matrix_rank(design[keep]) < 3 or np.array_equal(keep, inliers):
+            break
+        inliers = keep
+        coefficients = np.linalg.lstsq(design[inliers], values[inliers], rcond=None)[0]
+    return coefficients
+
+
+def descan_plane(coefficients, ny: int, nx: int) -> np.ndarray:
+    """Evaluate `fit_descan_plane` coefficients (2, 3) on an (ny, nx) scan: (ny, nx, 2) of (cy, cx)."""
+    coefficients = np.asarray(coefficients, dtype=np.float64)
+    if coefficients.shape != (2, 3):
+        raise ValueError(f"coefficients must have shape (2, 3), got {coefficients.shape}")
+    ny = _positive_int(ny, "ny")
+    nx = _positive_int(nx, "nx")
+    y, x = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    return np.stack([a0 + ax * x + ay * y for a0, ax, ay in coefficients], axis=-1)

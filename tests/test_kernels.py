@@ -1,0 +1,329 @@
+"""simed_stream.kernels against the plain-numpy references and on synthetic and adversarial frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference_kernels as ref
+from simed_stream import kernels
+
+SHAPE = (256, 256)
+BEAM_YX = (100.3, 140.7)
+HOT_VALUE = 60000
+
+
+def gaussian_beam(centre_yx, shape=SHAPE, sigma_px=2.0, peak=20000.0, background=2.0, seed=0):
+    """uint16 Poisson frame: a Gaussian direct beam at a sub-pixel centre on a flat background."""
+    y, x = np.mgrid[0:shape[0], 0:shape[1]]
+    r_sq = (y - centre_yx[0]) ** 2 + (x - centre_yx[1]) ** 2
+    expected = background + peak * np.exp(-r_sq / (2 * sigma_px**2))
+    return np.random.default_rng(seed).poisson(expected).astype(np.uint16)
+
+
+def distance(a_yx, b_yx) -> float:
+    return float(np.hypot(a_yx[0] - b_yx[0], a_yx[1] - b_yx[1]))
+
+
+@pytest.fixture(scope="module")
+def beam():
+    return gaussian_beam(BEAM_YX)
+
+
+# -- sums per position ------------------------------------------------------------------------
+
+
+def _scan_batch(seed=1, n=40, n_positions=7, shape=(64, 64)):
+    rng = np.random.default_rng(seed)
+    frames = rng.poisson(30.0, size=(n,) + shape).astype(np.uint16)
+    frames[3] = 65535  # a saturated frame among them
+    index = rng.integers(-1, n_positions, size=n)
+    index[:2] = -1  # make sure some frames are skipped
+    return frames, index, n_positions
+
+
+def test_sum_positions_equals_reference_exactly():
+    frames, index, n_positions = _scan_batch()
+    sums, counts = kernels.sum_positions(frames, index, n_positions)
+    want_sums, want_counts = ref.sum_positions(frames, index, n_positions)
+    assert sums.dtype == np.uint32 and counts.dtype == np.int64
+    np.testing.assert_array_equal(sums, want_sums)
+    np.testing.assert_array_equal(counts, want_counts)
+    assert counts.sum() == np.count_nonzero(index >= 0)
+
+
+def test_accumulating_two_batches_equals_one_call():
+    frames, index, n_positions = _scan_batch()
+    sums = np.zeros((n_positions,) + frames.shape[1:], dtype=kernels.sum_dtype(frames.dtype))
+    counts = np.zeros(n_positions, dtype=np.int64)
+    kernels.accumulate_positions(frames[:17], index[:17], sums, counts)
+    kernels.accumulate_positions(frames[17:], index[17:], sums, counts)
+    one_sums, one_counts = kernels.sum_positions(frames, index, n_positions)
+    np.testing.assert_array_equal(sums, one_sums)
+    np.testing.assert_array_equal(counts, one_counts)
+
+
+def test_saturated_uint16_sum_does_not_overflow():
+    frames = np.full((5, 16, 16), 65535, dtype=np.uint16)
+    sums, counts = kernels.sum_positions(frames, np.zeros(5, dtype=np.int64), 1)
+    assert sums.dtype == np.uint32 and np.all(sums == 5 * 65535) and counts[0] == 5
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_sum_positions_other_dtypes(dtype):
+    rng = np.random.default_rng(2)
+    frames = rng.poisson(20.0, size=(12, 32, 32)).astype(dtype)
+    index = rng.integers(-1, 3, size=12)
+    sums, counts = kernels.sum_positions(frames, index, 3)
+    want_sums, want_counts = ref.sum_positions(frames, index, 3)
+    assert sums.dtype == want_sums.dtype
+    # Integer-valued float32 sums below 2**24 are exact, so both dtypes compare exactly.
+    np.testing.assert_array_equal(sums, want_sums)
+    np.testing.assert_array_equal(counts, want_counts)
+
+
+# -- beam centre ------------------------------------------------------------------------------
+
+
+def test_beam_centre_equals_reference_on_poisson_noise():
+    frames = np.random.default_rng(3).poisson(5.0, size=(4,) + SHAPE).astype(np.uint16)
+    got = kernels.beam_centres(frames)
+    for frame, centre in zip(frames, got):
+        np.testing.assert_allclose(centre, ref.beam_centre(frame), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(kernels.beam_centre(frame), centre, rtol=0, atol=0)
+
+
+def test_beam_centre_recovers_gaussian_beam(beam):
+    centre = kernels.beam_centre(beam)
+    assert distance(centre, BEAM_YX) < 0.05
+    np.testing.assert_allclose(centre, ref.beam_centre(beam), rtol=0, atol=1e-9)
+
+
+def test_beam_centre_ignores_hot_pixels(beam):
+    frame = beam.copy()
+    for y, x in [(10, 10), (200, 30), (240, 250)]:  # far from the beam
+        frame[y, x] = HOT_VALUE
+    assert distance(kernels.beam_centre(frame), BEAM_YX) < 0.1
+
+
+def test_beam_centre_float32_frame(beam):
+    centre = kernels.beam_centre(beam.astype(np.float32))
+    np.testing.assert_allclose(centre, kernels.beam_centre(beam), rtol=0, atol=1e-9)
+
+
+def test_beam_at_the_edge_gives_a_finite_centre_near_truth():
+    truth = (2.2, 253.4)
+    frame = gaussian_beam(truth, seed=4)
+    centre = kernels.beam_centre(frame)
+    # The window is clipped by the frame edge, so the centre is biased inward (~0.4 px here).
+    assert np.all(np.isfinite(centre)) and distance(centre, truth) < 1.0
+    np.testing.assert_allclose(centre, ref.beam_centre(frame), rtol=0, atol=1e-9)
+    moved = kernels.centre_frames(frame[None], np.array([centre]))
+    assert np.all(np.isfinite(moved))
+
+
+def test_all_zero_frame_gives_nan_centre_and_stays_unchanged():
+    zero = np.zeros(SHAPE, dtype=np.uint16)
+    assert np.all(np.isnan(kernels.beam_centre(zero)))
+    centres = kernels.beam_centres(zero[None])
+    assert np.all(np.isnan(centres))
+    np.testing.assert_array_equal(kernels.shift_frame(zero, (1.5, -2.25)), 0)
+    out = kernels.centre_frames(zero[None], centres)
+    assert not np.any(np.isnan(out)) and np.all(out == 0)
+
+
+def test_nan_centre_returns_the_frame_unshifted(beam):
+    out = kernels.centre_frames(beam[None], np.full((1, 2), np.nan))
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out[0], beam.astype(np.float32))
+
+
+def test_saturated_frame_gives_finite_results():
+    frame = np.full(SHAPE, 65535, dtype=np.uint16)
+    centre = kernels.beam_centre(frame)
+    assert np.all(np.isfinite(centre))
+    out = kernels.centre_frames(frame[None], np.array([centre]))
+    assert np.all(np.isfinite(out)) and out.max() <= 65535 * (1 + 1e-6)
+
+
+# -- shifts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift_yx", [(0.37, -0.81), (-3.5, 2.25), (10.9, 0.0)])
+def test_shift_frame_equals_reference_splat(beam, shift_yx):
+    np.testing.assert_allclose(kernels.shift_frame(beam, shift_yx), ref.shift_frame(beam, shift_yx), rtol=1e-6, atol=1e-3)
+
+
+def test_shift_conserves_the_total_for_content_inside(beam):
+    frame = np.zeros(SHAPE, dtype=np.float32)
+    frame[40:220, 40:220] = beam[40:220, 40:220]  # at least 30 px of zeros around, shifts are smaller
+    total = frame.astype(np.float64).sum()
+    for shift_yx in [(0.37, -0.81), (-12.6, 25.1), (29.99, -29.99)]:
+        shifted = kernels.shift_frame(frame, shift_yx)
+        assert shifted.astype(np.float64).sum() == pytest.approx(total, rel=1e-6)
+
+
+def test_integer_shift_equals_roll(beam):
+    shifted = kernels.shift_frame(beam, (3.0, -5.0))
+    rolled = np.roll(beam, (3, -5), axis=(0, 1)).astype(np.float32)
+    np.testing.assert_array_equal(shifted[3:, :-5], rolled[3:, :-5])  # away from the wrapped border
+    assert np.all(shifted[:3] == 0) and np.all(shifted[:, -5:] == 0)  # nothing wraps around
+
+
+def test_subpixel_shift_moves_the_measured_centre(beam):
+    shift_yx = (0.37, -0.81)
+    before = np.array(kernels.beam_centre(beam))
+    after = np.array(kernels.beam_centre(kernels.shift_frame(beam, shift_yx)))
+    np.testing.assert_allclose(after - before, shift_yx, rtol=0, atol=0.02)
+
+
+def test_centre_frames_puts_beams_at_the_fft_centre():
+    truths = [(100.3, 140.7), (150.8, 90.1), (128.0, 128.0)]
+    frames = np.stack([gaussian_beam(t, seed=i) for i, t in enumerate(truths)])
+    centred = kernels.centre_frames(frames, kernels.beam_centres(frames))
+    assert centred.shape == frames.shape and centred.dtype == np.float32
+    for frame in centred:
+        assert distance(kernels.beam_centre(frame), (128, 128)) < 0.05
+    target = (60.5, 70.25)
+    moved = kernels.centre_frames(frames[:1], np.array([truths[0]]), target_yx=target)
+    assert distance(kernels.beam_centre(moved[0]), target) < 0.05
+
+
+# -- bad pixels -------------------------------------------------------------------------------
+
+HOT = [(5, 7), (30, 90), (64, 64), (100, 12), (127, 127)]
+DEAD = [(0, 50), (77, 33), (110, 100)]
+
+
+@pytest.fixture(scope="module")
+def mean_frame():
+    """Mean of 200 Poisson exposures of a smooth pattern, with hot and dead pixels injected."""
+    y, x = np.mgrid[0:128, 0:128]
+    expected = 40.0 + 60.0 * np.exp(-((y - 60) ** 2 + (x - 70) ** 2) / (2 * 40.0**2))
+    mean = np.random.default_rng(5).poisson(expected * 200) / 200
+    for y, x in HOT:
+        mean[y, x] += 50.0
+    for y, x in DEAD:
+        mean[y, x] = 0.0
+    return mean
+
+
+def test_pixel_mask_finds_exactly_the_injected_pixels(mean_frame):
+    mask = kernels.pixel_mask_from_statistics(mean_frame)
+    assert mask.dtype == np.bool_ and mask.shape == mean_frame.shape
+    assert set(zip(*map(np.ndarray.tolist, np.nonzero(mask)))) == set(HOT) | set(DEAD)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_apply_pixel_mask_equals_reference(mean_frame, dtype):
+    mask = kernels.pixel_mask_from_statistics(mean_frame)
+    mask[126:128, 126:128] = True  # a corner cluster: neighbours that are bad themselves
+    mask[0:3, 0:3] = True  # the corner pixel (0, 0) has no good neighbour: 0
+    frames = np.random.default_rng(6).poisson(mean_frame, size=(3,) + mean_frame.shape).astype(dtype)
+    fixed = kernels.apply_pixel_mask(frames, mask)
+    assert fixed.dtype == frames.dtype
+    np.testing.assert_allclose(fixed, ref.apply_pixel_mask(frames, mask), rtol=1e-6, atol=0)
+    assert np.all(fixed[:, 0, 0] == 0)
+    np.testing.assert_array_equal(fixed[:, ~mask], frames[:, ~mask])
+    np.testing.assert_array_equal(kernels.apply_pixel_mask(frames[1], mask), fixed[1])
+    in_place = frames.copy()
+    assert kernels.apply_pixel_mask(in_place, mask, in_place=True) is in_place
+    np.testing.assert_array_equal(in_place, fixed)
+    single = frames[2].copy()
+    assert kernels.apply_pixel_mask(single, mask, in_place=True) is single
+    np.testing.assert_array_equal(single, fixed[2])
+
+
+# -- descan -----------------------------------------------------------------------------------
+
+TRUE_PLANE = np.array([[120.0, 0.05, -0.03], [131.0, -0.02, 0.04]])  # (a0, a_x, a_y) for cy, cx
+
+
+def _descan_scan(seed=7, ny=24, nx=30):
+    rng = np.random.default_rng(seed)
+    centres = kernels.descan_plane(TRUE_PLANE, ny, nx) + rng.normal(0, 0.05, size=(ny, nx, 2))
+    outliers = rng.random((ny, nx)) < 0.10
+    centres[outliers] += rng.uniform(5, 20, size=(outliers.sum(), 2)) * rng.choice([-1, 1], size=(outliers.sum(), 2))
+    valid = np.ones((ny, nx), dtype=bool)
+    valid[0, :5] = False
+    centres[0, :5] = np.nan  # invalid positions may hold anything
+    return centres, valid
+
+
+def test_descan_plane_evaluates_the_coefficients():
+    plane = kernels.descan_plane(TRUE_PLANE, 3, 4)
+    assert plane.shape == (3, 4, 2)
+    np.testing.assert_allclose(plane[2, 3], [120 + 0.05 * 3 - 0.03 * 2, 131 - 0.02 * 3 + 0.04 * 2])
+
+
+def test_descan_fit_recovers_the_plane_despite_outliers():
+    centres, valid = _descan_scan()
+    fitted = kernels.fit_descan_plane(centres, valid)
+    assert fitted.shape == (2, 3)
+    np.testing.assert_allclose(fitted[:, 0], TRUE_PLANE[:, 0], atol=0.02)  # offsets, px
+    np.testing.assert_allclose(fitted[:, 1:], TRUE_PLANE[:, 1:], atol=0.002)  # slopes, px per scan step
+    # Without rejection the outliers pull the fit well outside those tolerances.
+    plain = kernels.fit_descan_plane(centres, valid, iterations=0)
+    assert np.abs(plain - TRUE_PLANE).max() > 0.05
+
+
+def test_descan_fit_needs_three_points_off_one_line():
+    centres, _ = _descan_scan()
+    valid = np.zeros(centres.shape[:2], dtype=bool)
+    valid[5, 5] = valid[6, 9] = True
+    with pytest.raises(ValueError, match=">= 3 valid positions, got 2"):
+        kernels.fit_descan_plane(centres, valid)
+    valid[:] = False
+    valid[4, :] = True
+    with pytest.raises(ValueError, match="one line"):
+        kernels.fit_descan_plane(centres, valid)
+
+
+# -- bad inputs -------------------------------------------------------------------------------
+
+FRAMES = np.zeros((4, 8, 8), dtype=np.uint16)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: kernels.sum_positions(FRAMES[0], [0], 2), r"frames must be 3-D"),
+        (lambda: kernels.sum_positions(FRAMES, [0, 1, 0], 2), r"position_index must have shape \(4,\)"),
+        (lambda: kernels.sum_positions(FRAMES, [0, 1, 2, 0], 2), r"\[-1, 1\], got \[2\]"),
+        (lambda: kernels.sum_positions(FRAMES, [0, -2, 1, 0], 2), r"\[-1, 1\], got \[-2\]"),
+        (lambda: kernels.sum_positions(FRAMES, [0.0, 1.0, 0.0, 1.0], 2), r"must hold integers"),
+        (lambda: kernels.sum_positions(FRAMES.astype(np.int16), [0] * 4, 2), r"dtype int16; supported"),
+        (lambda: kernels.sum_positions(FRAMES, [0] * 4, 0), r"n_positions must be an integer >= 1"),
+        (lambda: kernels.accumulate_positions(FRAMES, [0] * 4, np.zeros((2, 8, 8), np.uint16), np.zeros(2, np.int64)),
+         r"sums must have dtype uint32"),
+        (lambda: kernels.accumulate_positions(FRAMES, [0] * 4, np.zeros((2, 8, 9), np.uint32), np.zeros(2, np.int64)),
+         r"sums must have shape"),
+        (lambda: kernels.accumulate_positions(FRAMES, [0] * 4, np.zeros((2, 8, 8), np.uint32), np.zeros(3, np.int64)),
+         r"counts must be int64 of shape \(2,\)"),
+        (lambda: kernels.beam_centre(FRAMES), r"frame must be 2-D"),
+        (lambda: kernels.beam_centre(FRAMES[0], radius_px=0), r"radius_px must be a finite number > 0"),
+        (lambda: kernels.beam_centre(FRAMES[0], box_px=2.5), r"box_px must be an integer >= 1"),
+        (lambda: kernels.beam_centres(FRAMES[0]), r"frames must be 3-D"),
+        (lambda: kernels.shift_frame(FRAMES[0], (1.0,)), r"shift_yx must be \(dy, dx\)"),
+        (lambda: kernels.centre_frames(FRAMES, np.zeros((3, 2))), r"centres_yx must have shape \(4, 2\)"),
+        (lambda: kernels.centre_frames(FRAMES, np.zeros((4, 2)), (np.nan, 1)), r"target_yx must be two finite"),
+        (lambda: kernels.apply_pixel_mask(FRAMES, np.zeros((8, 9), bool)), r"mask must be bool of the frame shape"),
+        (lambda: kernels.apply_pixel_mask(FRAMES, np.zeros((8, 8), int)), r"mask must be bool"),
+        (lambda: kernels.apply_pixel_mask(FRAMES[0, 0], np.zeros(8, bool)), r"frames must be 2-D \(h, w\) or 3-D"),
+        (lambda: kernels.pixel_mask_from_statistics(FRAMES), r"mean_frame must be 2-D"),
+        (lambda: kernels.fit_descan_plane(np.zeros((3, 3)), np.ones((3, 3), bool)), r"centres_yx must have shape"),
+        (lambda: kernels.fit_descan_plane(np.zeros((3, 3, 2)), np.ones((3, 4), bool)), r"valid must be bool of shape"),
+        (lambda: kernels.descan_plane(np.zeros((2, 2)), 3, 3), r"coefficients must have shape \(2, 3\)"),
+    ],
+)
+def test_bad_inputs_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_out_of_range_index_is_rejected_before_any_work():
+    sums = np.zeros((2, 8, 8), dtype=np.uint32)
+    counts = np.zeros(2, dtype=np.int64)
+    with pytest.raises(ValueError):
+        kernels.accumulate_positions(FRAMES + 1, [0, 1, 5, 0], sums, counts)
+    assert not sums.any() and not counts.any()
