@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_simulate(commands)
+    _add_detector(commands)
+    _add_receive(commands)
     _add_demo(commands)
     return parser
 
@@ -71,6 +73,156 @@ def _add_simulate(commands) -> None:
     preview.add_argument("--out", type=Path, required=True, metavar="PNG")
     preview.add_argument("--samples", type=int, default=4)
     preview.set_defaults(handler=_simulate_preview)
+
+
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        y, x = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 32x32, got {text!r}") from None
+    if y < 1 or x < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return y, x
+
+
+def _rate(text: str) -> str | float:
+    if text in ("recorded", "max"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'recorded', 'max' or frames per second, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return value
+
+
+def _add_detector(commands) -> None:
+    from simed_stream.protocol import DEFAULT_CONTROL_ENDPOINT, DEFAULT_DATA_ENDPOINT
+
+    detector = commands.add_parser(
+        "detector", help="fake ASI/JEOL detector: stream a capture or a synthetic scan over simed-stream/1",
+        description="Stream a capture file (verbatim, bit for bit) or a synthetic scan as a live detector would: "
+        "PUSH data socket bound on loopback, REP control socket answering status/arm/abort.",
+    )
+    source = detector.add_mutually_exclusive_group(required=True)
+    source.add_argument("--capture", type=Path, metavar="FILE.h5", help="capture written by `simed receive`")
+    source.add_argument("--synthetic", action="store_true", help="a synthetic scan (direct beam, descan drift, hot pixels)")
+    detector.add_argument("--data", default=DEFAULT_DATA_ENDPOINT, help=f"data endpoint to bind (default {DEFAULT_DATA_ENDPOINT})")
+    detector.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT,
+                          help=f"control endpoint to bind, or 'none' (default {DEFAULT_CONTROL_ENDPOINT})")
+    detector.add_argument("--rate", type=_rate, default="recorded", metavar="FPS|recorded|max",
+                          help="frames per second, the recorded timing (default) or as fast as possible")
+    detector.add_argument("--loop", action="store_true", help="repeat the series until stopped (new series ids)")
+    detector.add_argument("--faults", default="", metavar="SPEC",
+                          help="e.g. drop=0.01,source_drop=0.01,reorder=0.01,duplicate=0.01,truncate=0.01,garbage=0.01,"
+                          "wrong_shape=0.01,wrong_dtype=0.01,oversize=1,disconnect=1,no_end,late_overview=2,no_overview")
+    detector.add_argument("--seed", type=int, default=0, help="seed for faults and synthetic data")
+    detector.add_argument("--wait-arm", action="store_true", help="start each series only on an 'arm' command")
+    detector.add_argument("--nav-shape", type=_shape, default=(32, 32), metavar="HxW", help="synthetic scan positions")
+    detector.add_argument("--sig-shape", type=_shape, default=(256, 256), metavar="HxW", help="synthetic frame size")
+    detector.add_argument("--frames-per-position", type=int, default=4, help="synthetic sub-frames per position")
+    detector.add_argument("--batch-frames", type=int, default=32, help="synthetic frames per message")
+    detector.add_argument("--series-id", default=None, help="synthetic series id (default: time-based)")
+    detector.add_argument("--max-message-bytes", type=int, default=None,
+                          help="the receiver's message size limit (for the oversize fault)")
+    detector.set_defaults(handler=_detector)
+
+
+def _detector(args) -> int:
+    import time
+
+    from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
+    from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
+
+    try:
+        faults = FaultPlan.parse(args.faults)
+    except ValueError as error:
+        raise SimedError(f"--faults: {error}") from None
+    _warn_if_not_loopback(args.data)
+    if args.capture is not None:
+        if not args.capture.is_file():
+            raise SimedError(f"capture {args.capture} does not exist")
+        try:
+            capture_series(args.capture)
+        except ValueError as error:
+            raise SimedError(str(error)) from None
+        make = lambda: capture_series(args.capture)  # noqa: E731
+    else:
+        series_id = args.series_id or time.strftime("synthetic-%Y%m%d-%H%M%S")
+        make = lambda: synthetic_series(series_id, args.nav_shape, args.frames_per_position, args.sig_shape,  # noqa: E731
+                                        batch_frames=args.batch_frames, seed=args.seed)
+    control = None if args.control == "none" else args.control
+    with FakeDetector(args.data, control, rate_fps=args.rate, faults=faults, seed=args.seed,
+                      max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+                      wait_for_arm=args.wait_arm) as detector:
+        logging.getLogger("simed").info("detector bound to %s; waiting for a receiver", args.data)
+        try:
+            detector.run([make], loop=args.loop)
+        except TimeoutError as error:
+            raise SimedError(str(error)) from None
+        status = detector.status()
+    print(f"detector: {status['series_done']} series, last {status['series_id']}: {status['frames_sent']} frames sent, "
+          f"{status['frames_dropped_at_source']} dropped at source")
+    return 0
+
+
+def _warn_if_not_loopback(endpoint: str) -> None:
+    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
+    if host not in ("127.0.0.1", "localhost", "[::1]") and not endpoint.startswith(("ipc://", "inproc://")):
+        logging.getLogger("simed").warning("%s is not a loopback address: other machines can reach it", endpoint)
+
+
+def _add_receive(commands) -> None:
+    from simed_stream.protocol import DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
+
+    receive = commands.add_parser(
+        "receive", help="receive a simed-stream/1 stream into lossless HDF5 captures",
+        description="Connect to a detector's data socket, validate and account for every frame, sum and centre "
+        "each scan position and write one capture per series, until stopped (Ctrl-C) or --series are done.",
+    )
+    receive.add_argument("--data", default=DEFAULT_DATA_ENDPOINT, help=f"detector data endpoint (default {DEFAULT_DATA_ENDPOINT})")
+    receive.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the captures")
+    receive.add_argument("--series", type=int, default=0, help="stop after this many series (default: run until Ctrl-C)")
+    receive.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    receive.add_argument("--series-timeout-s", type=float, default=10.0,
+                         help="close a series with no series_end after this long without messages")
+    receive.add_argument("--overview-grace-s", type=float, default=5.0,
+                         help="after series_end, wait this long for the overview image")
+    receive.add_argument("--status-interval-s", type=float, default=1.0, help="seconds between status lines")
+    receive.set_defaults(handler=_receive)
+
+
+def _receive(args) -> int:
+    import json
+    import time
+
+    from simed_stream.ingest import Receiver, ReceiverSettings
+
+    _warn_if_not_loopback(args.data)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SimedError(f"cannot create {args.out}: {error.strerror}") from None
+    settings = ReceiverSettings(args.out, args.data, args.max_message_bytes, series_timeout_s=args.series_timeout_s,
+                                overview_grace_s=args.overview_grace_s)
+    receiver = Receiver(settings, on_series_closed=lambda s: print(
+        f"series {s.series_id} closed ({s.end_status}) -> {s.path}: {json.dumps(s.accounting)}"
+        + "".join(f"\n  note: {note}" for note in s.notes), flush=True))
+    with receiver:
+        try:
+            while not args.series or len(receiver.closed) < args.series:
+                time.sleep(args.status_interval_s)
+                if receiver.error is not None:
+                    raise SimedError(f"receiver failed: {receiver.error}")
+                status = receiver.status()
+                logging.getLogger("simed").info(
+                    "%.0f frames/s, %d received, %d rejected messages, queue %d/%d, lag %.2f s, open: %s",
+                    status["frames_per_s"], status["frames_received"], status["rejected_messages"],
+                    status["queue_depth"], status["queue_capacity"], status["lag_s"], ", ".join(status["open_series"]) or "-")
+        except KeyboardInterrupt:
+            print("receive: stopping; open series are closed with what was received", file=sys.stderr)
+    return 0
 
 
 def _add_demo(commands) -> None:

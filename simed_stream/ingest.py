@@ -107,7 +107,7 @@ class Receiver:
         self.on_series_closed = on_series_closed
         self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_messages)
         self._stop = threading.Event()
-        self._context = zmq.Context.instance()
+        self._context = zmq.Context()
         self._series: dict[str, _Series] = {}
         self.closed: list[SeriesSummary] = []
         self._closed_ids: set[str] = set()
@@ -150,6 +150,7 @@ class Receiver:
         for thread in self._threads:
             thread.join(timeout=30)
         self._socket.close(0)
+        self._context.term()
         return self.closed
 
     def wait_for_series(self, count: int, timeout_s: float) -> list[SeriesSummary]:

@@ -243,7 +243,9 @@ class FakeDetector:
         self.wait_for_arm = wait_for_arm
         self.heartbeat_s = heartbeat_s
         self.peer_timeout_s = peer_timeout_s
-        self.context = zmq.Context.instance()
+        # own context: terminating it on exit waits until queued messages are sent, before Python
+        # frees the zero-copy buffers they point into
+        self.context = zmq.Context()
         self.msg_seq = 0
         self.state = "idle"
         self.report = FaultReport()
@@ -267,9 +269,10 @@ class FakeDetector:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._close_data(linger_s=2.0)
+        self._close_data(linger_s=10.0)
         if self._control_thread:
             self._control_thread.join(timeout=2)
+        self.context.term()
 
     def _bind(self) -> None:
         socket = self.context.socket(zmq.PUSH)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -327,3 +329,12 @@ def test_out_of_range_index_is_rejected_before_any_work():
     with pytest.raises(ValueError):
         kernels.accumulate_positions(FRAMES + 1, [0, 1, 5, 0], sums, counts)
     assert not sums.any() and not counts.any()
+
+
+def test_kernels_called_from_threads_agree_with_serial_calls():
+    frames = np.stack([gaussian_beam(BEAM_YX, seed=i) for i in range(4)])
+    serial = kernels.beam_centres(frames)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        threaded = list(pool.map(lambda _: kernels.beam_centres(frames), range(4)))
+    for centres in threaded:
+        np.testing.assert_array_equal(centres, serial)
