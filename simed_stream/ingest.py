@@ -83,6 +83,7 @@ class _Series:
         self.slot_of: dict[int, int] = {}  # position -> pool slot, in arrival order (oldest first)
         self.free_slots = list(range(settings.max_pending_positions - 1, -1, -1))
         self.late_frames = 0
+        self.bad_pixels = start.pixel_mask.astype(bool) if start.pixel_mask is not None else None
         self.writer = None
         if settings.capture:
             path = settings.capture_dir / f"{_safe_name(start.series_id)}.h5"
@@ -372,7 +373,11 @@ class Receiver:
         slot = series.slot_of.pop(position)
         frame_sum = series.pool[slot]
         count = int(series.pool_counts[slot])
-        centre = kernels.beam_centre(frame_sum, self.settings.beam_radius_px) if count else (np.nan, np.nan)
+        if series.bad_pixels is not None and count:  # centre on the masked sum; the raw sum is what is kept
+            centre = kernels.beam_centre(kernels.apply_pixel_mask(frame_sum, series.bad_pixels),
+                                         self.settings.beam_radius_px)
+        else:
+            centre = kernels.beam_centre(frame_sum, self.settings.beam_radius_px) if count else (np.nan, np.nan)
         valid = complete and bool(np.isfinite(centre).all())
         series.frame_counts[position] = count
         series.centres[position] = centre

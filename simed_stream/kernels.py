@@ -187,17 +187,16 @@ def _brightest_box(frame, box_px):
 
 
 @numba.njit(nogil=True, cache=True)
-def _centre_of_mass(frame, y0, x0, radius_px):
-    """Intensity-weighted mean (y, x) of pixels within radius_px of (y0, x0); NaN if no signal."""
+def _centre_of_mass(frame, cy, cx, radius_px):
+    """Intensity-weighted mean (y, x) of pixels within radius_px of (cy, cx); NaN if no signal."""
     h, w = frame.shape
-    reach = int(math.floor(radius_px))
     radius_sq = radius_px * radius_px
     total = 0.0
     sum_y = 0.0
     sum_x = 0.0
-    for y in range(max(0, y0 - reach), min(h, y0 + reach + 1)):
-        for x in range(max(0, x0 - reach), min(w, x0 + reach + 1)):
-            if (y - y0) ** 2 + (x - x0) ** 2 <= radius_sq:
+    for y in range(max(0, int(math.ceil(cy - radius_px))), min(h, int(math.floor(cy + radius_px)) + 1)):
+        for x in range(max(0, int(math.ceil(cx - radius_px))), min(w, int(math.floor(cx + radius_px)) + 1)):
+            if (y - cy) ** 2 + (x - cx) ** 2 <= radius_sq:
                 value = _pixel_value(frame[y, x])
                 total += value
                 sum_y += value * y
@@ -207,10 +206,27 @@ def _centre_of_mass(frame, y0, x0, radius_px):
     return sum_y / total, sum_x / total
 
 
+#: Re-centring steps: the first window sits on the brightest box, which for a flat-topped
+#: beam disc can be a few pixels off centre and cut the disc; each step re-centres the
+#: window on the last centre of mass until it moves less than 0.001 px.
+_RECENTRE_STEPS = 10
+
+
 @numba.njit(nogil=True, cache=True)
 def _beam_centre_core(frame, radius_px, box_px):
     y0, x0 = _brightest_box(frame, box_px)
-    return _centre_of_mass(frame, y0, x0, radius_px)
+    cy, cx = _centre_of_mass(frame, float(y0), float(x0), radius_px)
+    for _ in range(_RECENTRE_STEPS):
+        if not (math.isfinite(cy) and math.isfinite(cx)):
+            break
+        ny, nx = _centre_of_mass(frame, cy, cx, radius_px)
+        if not (math.isfinite(ny) and math.isfinite(nx)):
+            break
+        moved = abs(ny - cy) + abs(nx - cx)
+        cy, cx = ny, nx
+        if moved < 1e-3:
+            break
+    return cy, cx
 
 
 @numba.njit(nogil=True, cache=True, parallel=True)
@@ -226,7 +242,8 @@ def beam_centre(frame, radius_px: float = 8.0, box_px: int = 5) -> tuple[float, 
 
     The brightest box_px x box_px region (argmax of the box sum, first in row-major order on
     ties) locates the beam, so a single hot pixel, diluted by the box, loses to a beam disc;
-    the centre of mass of pixels within radius_px of it gives the sub-pixel centre. The window
+    the centre of mass of pixels within radius_px of it, re-centred on itself until it stops
+    moving (at most 10 steps), gives the sub-pixel centre. The window
     is clipped to the frame, so a beam cut by the edge gives a centre biased inward.
     A frame with no positive signal in the window (e.g. all zero) gives (nan, nan): callers
     mark that position invalid. NaN/inf pixels count as 0. Never raises on pixel values.

@@ -174,7 +174,9 @@ def synthetic_series(series_id: str, nav_shape=(16, 16), frames_per_position: in
         yield "overview_image", None, overview
         yield "series_end", None, None
 
-    return SeriesSource(series_id, start_fields, None, messages(), dwell_s / frames_per_position)
+    mask = np.zeros(sig_shape, np.uint8)  # the detector's own calibration knows its hot pixels
+    mask[hot[:, 0], hot[:, 1]] = 1
+    return SeriesSource(series_id, start_fields, mask, messages(), dwell_s / frames_per_position)
 
 
 def capture_series(path: str | Path) -> SeriesSource:

@@ -18,7 +18,7 @@ def sum_positions(frames, position_index, n_positions):
 
 
 def beam_centre(frame, radius_px=8.0, box_px=5):
-    """Argmax of the zero-padded box sum, then the centre of mass inside a disc around it."""
+    """Argmax of the zero-padded box sum, then the centre of mass inside a disc around it, re-centred."""
     image = np.nan_to_num(frame.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     h, w = image.shape
     before = box_px // 2
@@ -26,11 +26,26 @@ def beam_centre(frame, radius_px=8.0, box_px=5):
     box_sum = sum(padded[i:i + h, j:j + w] for i in range(box_px) for j in range(box_px))
     y0, x0 = np.unravel_index(np.argmax(box_sum), box_sum.shape)  # first maximum in row-major order
     y, x = np.mgrid[0:h, 0:w]
-    inside = (y - y0) ** 2 + (x - x0) ** 2 <= radius_px**2
-    total = image[inside].sum()
-    if total <= 0:
-        return np.nan, np.nan
-    return (image[inside] * y[inside]).sum() / total, (image[inside] * x[inside]).sum() / total
+
+    def centre_of_mass(cy, cx):
+        inside = (y - cy) ** 2 + (x - cx) ** 2 <= radius_px**2
+        total = image[inside].sum()
+        if total <= 0:
+            return np.nan, np.nan
+        return (image[inside] * y[inside]).sum() / total, (image[inside] * x[inside]).sum() / total
+
+    cy, cx = centre_of_mass(float(y0), float(x0))
+    for _ in range(10):  # re-centre the window on the centre of mass until it stops moving
+        if not np.isfinite([cy, cx]).all():
+            break
+        ny, nx = centre_of_mass(cy, cx)
+        if not np.isfinite([ny, nx]).all():
+            break
+        moved = abs(ny - cy) + abs(nx - cx)
+        cy, cx = ny, nx
+        if moved < 1e-3:
+            break
+    return cy, cx
 
 
 def shift_frame(frame, shift_yx):

@@ -1,0 +1,302 @@
+"""Detector → receiver → capture over real ZeroMQ on loopback, with every fault kind."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import hdf5plugin  # noqa: F401
+import numpy as np
+import pytest
+import zmq
+
+from simed_stream.capture import MISSING, RECEIVED, REJECTED, CaptureReader
+from simed_stream.ingest import Receiver, ReceiverSettings
+from simed_stream.protocol import encode_header
+from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
+
+SMALL = dict(nav_shape=(8, 8), frames_per_position=2, sig_shape=(64, 64), batch_frames=8, seed=5)
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def settings_for(tmp_path, endpoint, **overrides):
+    values = dict(data_endpoint=endpoint, overview_grace_s=0.5, series_timeout_s=1.5, max_message_bytes=2 << 20)
+    values.update(overrides)
+    return ReceiverSettings(tmp_path / "captures", **values)
+
+
+def stream(tmp_path, faults="", source=None, receiver=None, **detector_options):
+    endpoint = free_endpoint()
+    settings = settings_for(tmp_path, endpoint, **(receiver or {}))
+    source = source or synthetic_series("s1", **SMALL)
+    with Receiver(settings) as rx:
+        with FakeDetector(endpoint, None, rate_fps=detector_options.pop("rate_fps", "max"),
+                          faults=FaultPlan.parse(faults), seed=detector_options.pop("seed", 1),
+                          max_message_bytes=settings.max_message_bytes, **detector_options) as detector:
+            report = detector.run([source])
+        summary = rx.wait_for_series(1, 30)[0]
+        status = rx.status()
+    return summary, report, status
+
+
+def expected_frames(**options):
+    """Pixels by frame id, regenerated from the same synthetic source."""
+    frames = {}
+    for htype, _, payload in synthetic_series("again", **(SMALL | options)).messages:
+        if htype == "frames":
+            for frame_id, pixels in zip(payload[0], payload[3]):
+                frames[int(frame_id)] = pixels
+    return frames
+
+
+def check_accounting(summary, report):
+    a = summary.accounting
+    assert a["received"] == len(set(report.frames_sent_ok))
+    assert a["rejected"] == len(set(report.frames_in_bad_messages))
+    assert a["missing"] == len(set(report.frames_lost_in_transit) | set(report.frames_in_garbage))
+    assert a["dropped_at_source"] == len(report.frames_dropped_at_source)
+    assert a["duplicates"] == len(report.frames_duplicated)
+    assert a["received"] + a["rejected"] + a["dropped_at_source"] + a["missing"] == a["frames_expected"]
+    with CaptureReader(summary.path) as capture:
+        status = capture.frame_status
+        np.testing.assert_array_equal(np.flatnonzero(status == RECEIVED), sorted(set(report.frames_sent_ok)))
+        np.testing.assert_array_equal(np.flatnonzero(status == REJECTED), sorted(set(report.frames_in_bad_messages)))
+        assert json.loads(capture.file.attrs["accounting"]) == a
+
+
+def test_clean_stream_is_captured_losslessly(tmp_path):
+    summary, report, status = stream(tmp_path)
+    assert summary.end_status == "complete" and summary.overview and summary.notes == []
+    assert summary.accounting["received"] == 128 and summary.accounting["coverage"] == 1.0
+    check_accounting(summary, report)
+    truth = expected_frames()
+    with CaptureReader(summary.path) as capture:
+        f = capture.file
+        frames = f["frames"][:]
+        for frame_id, pixels in truth.items():
+            np.testing.assert_array_equal(frames[frame_id], pixels)
+        assert "32008" in f["frames"]._filters  # bitshuffle (+LZ4), as detector vendors store frames
+        # per-position sums and beam centres from the numba kernels, against plain numpy
+        ny, nx = 8, 8
+        scan_yx = f["scan_yx"][:]
+        sums = f["positions/sum"][:]
+        for p in (0, 9, 63):
+            ids = np.flatnonzero(scan_yx[:, 0] * nx + scan_yx[:, 1] == p)
+            np.testing.assert_array_equal(sums[p], frames[ids].astype(np.uint32).sum(axis=0))
+        assert f["positions/valid"][:].all() and (f["positions/frame_count"][:] == 2).all()
+        centres = f["positions/beam_centre_yx"][:].reshape(ny, nx, 2)
+        # the synthetic beam sits at (32, 32) plus a drift of up to (2, 3) px across the scan
+        np.testing.assert_allclose(centres[0, 0], (32, 32), atol=0.05)
+        np.testing.assert_allclose(centres[-1, -1], (34, 35), atol=0.05)
+        plane = f["positions/descan_plane_yx"][:]
+        assert plane[1, 1] == pytest.approx(3 / 7, abs=0.1)  # x drift per scan column
+        assert "overviews/0" in f and f.attrs["end_status"] == "complete"
+    assert status["msg_seq_gaps"] == 0 and status["rejected_messages"] == 0
+
+
+@pytest.mark.parametrize("fault", ["drop", "source_drop", "reorder", "duplicate", "truncate", "garbage",
+                                   "wrong_shape", "wrong_dtype"])
+def test_each_message_fault_is_accounted_for_exactly(tmp_path, fault):
+    summary, report, status = stream(tmp_path, f"{fault}=0.25", seed=3)
+    touched = {"drop": report.frames_lost_in_transit, "source_drop": report.frames_dropped_at_source,
+               "reorder": report.frames_sent_ok, "duplicate": report.frames_duplicated,
+               "truncate": report.frames_in_bad_messages, "garbage": report.frames_in_garbage,
+               "wrong_shape": report.frames_in_bad_messages, "wrong_dtype": report.frames_in_bad_messages}[fault]
+    assert touched, "the fault never fired: the test would prove nothing"
+    check_accounting(summary, report)
+    if fault in ("drop", "garbage"):
+        assert status["msg_seq_gaps"] > 0 or fault == "garbage"
+        assert any("missing" in note for note in summary.notes)
+    if fault in ("truncate", "wrong_shape", "wrong_dtype", "garbage"):
+        assert status["rejected_messages"] > 0
+    truth = expected_frames()
+    with CaptureReader(summary.path) as capture:  # whatever was received is intact
+        received = np.flatnonzero(capture.frame_status == RECEIVED)
+        frames = capture.frames(received)
+        for frame_id, pixels in zip(received, frames):
+            np.testing.assert_array_equal(pixels, truth[int(frame_id)])
+
+
+def test_oversize_and_disconnect(tmp_path):
+    summary, report, status = stream(tmp_path, "oversize=1,disconnect=1")
+    assert any("disconnect" in event for event in report.events)
+    assert len(report.frames_in_bad_messages) == 8  # the oversize message's frames, rejected not lost
+    check_accounting(summary, report)
+    assert summary.accounting["received"] == 120
+
+
+def test_missing_series_end_closes_on_timeout(tmp_path):
+    summary, report, _ = stream(tmp_path, "no_end")
+    assert summary.end_status == "incomplete"
+    assert any("no series_end" in note for note in summary.notes)
+    check_accounting(summary, report)
+
+
+def test_missing_and_late_overview(tmp_path):
+    summary, _, _ = stream(tmp_path, "no_overview")
+    assert not summary.overview and "no overview image received" in summary.notes
+    endpoint = free_endpoint()
+    with Receiver(settings_for(tmp_path / "late", endpoint)) as rx:
+        with FakeDetector(endpoint, None, rate_fps="max", faults=FaultPlan.parse("late_overview=2.5")) as detector:
+            detector.run([synthetic_series("s2", **SMALL)])
+        summary = rx.wait_for_series(1, 10)[0]
+        deadline = time.monotonic() + 5
+        while not summary.overview and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert summary.overview and "overview arrived after the series closed" in summary.notes
+    with h5py.File(summary.path) as f:
+        assert "overviews/0" in f
+
+
+def test_backpressure_loses_nothing_with_tiny_queues(tmp_path):
+    summary, report, _ = stream(tmp_path, receiver=dict(queue_messages=1, rcvhwm=1, max_message_bytes=16 << 20),
+                                source=synthetic_series("bp", nav_shape=(16, 16), frames_per_position=4,
+                                                        sig_shape=(256, 256), batch_frames=32))
+    assert summary.accounting["received"] == 1024 and summary.accounting["missing"] == 0
+    assert not report.frames_dropped_at_source
+
+
+def test_unknown_series_and_garbage_do_not_crash_the_receiver(tmp_path):
+    endpoint = free_endpoint()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.bind(endpoint)
+    with Receiver(settings_for(tmp_path, endpoint)) as rx:
+        push.send_multipart([b"\x00\x01"])
+        push.send_multipart([encode_header({"htype": "series_end", "protocol": "simed-stream/1", "series_id": "ghost",
+                                            "msg_seq": 1, "status": "complete", "frames_sent": 0,
+                                            "frames_dropped_at_source": 0})])
+        deadline = time.monotonic() + 5
+        while rx.status()["rejected_messages"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert rx.status()["rejected_messages"] == 2 and rx.error is None
+    push.close(0)
+    context.term()
+
+
+def _record_raw(endpoint, stop_after_end=True, timeout_s=20):
+    """A bare PULL socket keeping every multipart message as bytes."""
+    context = zmq.Context()
+    pull = context.socket(zmq.PULL)
+    pull.connect(endpoint)
+    messages = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pull.poll(100):
+            parts = pull.recv_multipart()
+            messages.append(parts)
+            if stop_after_end and json.loads(parts[0])["htype"] == "series_end":
+                break
+    pull.close(0)
+    context.term()
+    return messages
+
+
+def test_capture_replay_reproduces_the_stream_bit_for_bit(tmp_path):
+    # 1. the original stream, recorded raw
+    endpoint = free_endpoint()
+    recorded = {}
+    recorder = threading.Thread(target=lambda: recorded.setdefault("original", _record_raw(endpoint)))
+    recorder.start()
+    with FakeDetector(endpoint, None, rate_fps="max") as detector:
+        detector.run([synthetic_series("rt", **SMALL)])
+    recorder.join()
+    original = recorded["original"]
+    # 2. the same bytes into the receiver: capture A
+    endpoint = free_endpoint()
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.bind(endpoint)
+    with Receiver(settings_for(tmp_path / "a", endpoint)) as rx:
+        for parts in original:
+            push.send_multipart(parts)
+        capture_a = rx.wait_for_series(1, 10)[0].path
+    push.close(0)
+    context.term()
+    # 3. capture A replayed by the detector, recorded raw: the original bytes again
+    endpoint = free_endpoint()
+    recorder = threading.Thread(target=lambda: recorded.setdefault("replay", _record_raw(endpoint)))
+    recorder.start()
+    with FakeDetector(endpoint, None, rate_fps="recorded") as detector:
+        detector.run([capture_series(capture_a)])
+    recorder.join()
+    replay = recorded["replay"]
+    assert len(replay) == len(original)
+    for ours, theirs in zip(replay, original):
+        assert ours == theirs
+    # 4. and replayed into a receiver: capture B holds the same data as capture A
+    summary, _, _ = stream(tmp_path / "b", source=capture_series(capture_a), rate_fps="recorded")
+    with h5py.File(capture_a) as a, h5py.File(summary.path) as b:
+        for name in ("frames", "frame_status", "scan_yx", "timestamp_ns", "frame_message", "frame_slot",
+                     "messages/header", "positions/sum", "positions/beam_centre_yx", "overviews/0"):
+            np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+        assert a.attrs["series_start"] == b.attrs["series_start"]
+
+
+def test_control_socket_arms_reports_and_aborts(tmp_path):
+    data, control = free_endpoint(), free_endpoint()
+    context = zmq.Context()
+    req = context.socket(zmq.REQ)
+    req.setsockopt(zmq.RCVTIMEO, 5000)
+    req.connect(control)
+
+    def ask(command):
+        req.send(json.dumps({"command": command}).encode())
+        return json.loads(req.recv())
+
+    source = synthetic_series("ctl", nav_shape=(32, 32), frames_per_position=4, sig_shape=(64, 64), batch_frames=16)
+    with Receiver(settings_for(tmp_path, data)) as rx:
+        with FakeDetector(data, control, rate_fps=2000, wait_for_arm=True, heartbeat_s=0.1) as detector:
+            runner = threading.Thread(target=detector.run, args=([source],))
+            runner.start()
+            time.sleep(0.3)
+            assert ask("status")["state"] == "waiting for arm"
+            assert ask("arm")["ok"]
+            time.sleep(0.5)
+            status = ask("status")
+            assert status["state"] == "acquiring" and 0 < status["frames_sent"] < 4096
+            assert ask("abort")["ok"]
+            assert ask("dance") == {"ok": False, "error": 'expected JSON {"command": "status"|"arm"|"abort"}'}
+            runner.join(10)
+        summary = rx.wait_for_series(1, 10)[0]
+        assert rx.status()["heartbeats"] >= 1
+    req.close(0)
+    context.term()
+    assert summary.end_status == "aborted"
+    assert 0 < summary.accounting["received"] < 4096
+    assert summary.accounting["received"] + summary.accounting["missing"] == 4096
+
+
+def test_killed_receiver_leaves_a_readable_capture(tmp_path):
+    endpoint = free_endpoint()
+    out = tmp_path / "killed"
+    receiver = subprocess.Popen([sys.executable, "-m", "simed_stream.cli", "-q", "receive", "--data", endpoint,
+                                 "--out", str(out)])
+    source = synthetic_series("cut", **(SMALL | dict(nav_shape=(32, 32), frames_per_position=4, batch_frames=16)))
+    detector = FakeDetector(endpoint, None, rate_fps=400, send_timeout_s=0.2)  # 4096 frames: 10 s
+    with detector:
+        runner = threading.Thread(target=detector.run, args=([source],))
+        runner.start()
+        time.sleep(3.5)
+        os.kill(receiver.pid, signal.SIGKILL)
+        receiver.wait()
+        detector._stop.set()
+        runner.join(20)
+    truth = expected_frames(nav_shape=(32, 32), frames_per_position=4, batch_frames=16)
+    with CaptureReader(out / "cut.h5") as capture:
+        status = capture.frame_status
+        received = np.flatnonzero(status == RECEIVED)
+        assert 100 < len(received) < 4096 and (status[received.max() + 1:] == MISSING).all()
+        for frame_id, pixels in zip(received, capture.frames(received)):
+            np.testing.assert_array_equal(pixels, truth[int(frame_id)])
+        assert capture.file.attrs["state"] == "open"  # it never closed, and says so
