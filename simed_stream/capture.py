@@ -1,8 +1,8 @@
 """Lossless HDF5 captures of a simed-stream series (`docs/capture.md`).
 
-One file per series. Frames are stored one per chunk with the bitshuffle/LZ4 filter that
-detector vendors use, compressed by the caller (off the writer's lock) and written with direct
-chunk writes. Every accepted message header is kept verbatim with its arrival time, so
+One file per series. Frames are stored one per chunk, bitshuffled and LZ4-compressed as
+detector vendors store them (through Blosc, hdf5plugin's filter 32001), compressed in threads
+and written with direct chunk writes. Every accepted message header is kept verbatim with its arrival time, so
 `simed detector --capture` replays the same stream bit for bit. The writer flushes about once a
 second; a receiver killed between flushes leaves a file readable up to the last flush, because
 `frame_status` (what counts) is only written with a flush.
@@ -11,7 +11,6 @@ second; a receiver killed between flushes leaves a file readable up to the last 
 from __future__ import annotations
 
 import json
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +23,43 @@ from simed_stream.protocol import FRAME_DTYPES, OverviewImage, SeriesStart
 
 FORMAT = "simed-capture/1"
 MISSING, RECEIVED, REJECTED = 0, 1, 2
-_BITSHUFFLE_BLOCK_BYTES = 8192  # bitshuffle's default block: 8 KiB of elements
+
+
+def _codec():
+    from numcodecs import Blosc, blosc
+
+    blosc.use_threads = False  # our threads call it; Blosc must not start its own
+    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE)
+
+
+_CODEC = None
 
 
 def compress_frame(frame: np.ndarray) -> bytes:
-    """One frame as a bitshuffle/LZ4 HDF5 chunk (12-byte header: size, block size; big-endian)."""
-    import bitshuffle
+    """One frame as a Blosc (bitshuffle + LZ4) HDF5 chunk, for a direct chunk write.
 
-    frame = np.ascontiguousarray(frame)
-    block_elements = max(128, (_BITSHUFFLE_BLOCK_BYTES // frame.itemsize) // 8 * 8)
-    body = bitshuffle.compress_lz4(frame.reshape(-1), block_elements)
-    return struct.pack(">QI", frame.nbytes, block_elements * frame.itemsize) + body.tobytes()
+    Blosc's bitshuffle/LZ4 rather than the bitshuffle filter's own: the same transform and
+    codec, but numcodecs' Blosc releases the GIL, so frames compress in parallel threads
+    (bitshuffle's Python binding holds it)."""
+    global _CODEC
+    if _CODEC is None:
+        _CODEC = _codec()
+    return bytes(_CODEC.encode(np.ascontiguousarray(frame)))
+
+
+def compress_frames(frames: np.ndarray, pool=None) -> list[bytes]:
+    """`compress_frame` over a batch: the first half in `pool` (when given), the rest here."""
+    if pool is None or len(frames) < 4:
+        return [compress_frame(frame) for frame in frames]
+    middle = len(frames) // 2
+    first = pool.submit(lambda: [compress_frame(frame) for frame in frames[:middle]])
+    second = [compress_frame(frame) for frame in frames[middle:]]
+    return first.result() + second
+
+
+#: HDF5 filter matching `compress_frame`, for h5py to read the chunks (with hdf5plugin imported).
+def frame_filter():
+    return hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
 
 
 def position_sum_dtype(frame_dtype: np.dtype) -> np.dtype:
@@ -86,7 +111,7 @@ class CaptureWriter:
         f.attrs.update(format=FORMAT, series_id=start.series_id, unique_id=start.header["unique_id"],
                        protocol=start.header["protocol"], series_start=start_header_bytes.decode(),
                        state="open", created_unix_s=time.time())
-        filters = hdf5plugin.Bitshuffle(cname="lz4")
+        filters = frame_filter()
         self.frames = f.create_dataset("frames", (n, h, w), start.dtype, chunks=(1, h, w), **filters)
         self.frame_status = f.create_dataset("frame_status", (n,), np.uint8, fillvalue=MISSING)
         self.scan_yx = f.create_dataset("scan_yx", (n, 2), np.int32, fillvalue=-1)
@@ -105,6 +130,16 @@ class CaptureWriter:
         self.position_count = f.create_dataset("positions/frame_count", (positions,), np.int32)
         self.beam_centre = f.create_dataset("positions/beam_centre_yx", (positions, 2), np.float64, fillvalue=np.nan)
         self.position_valid = f.create_dataset("positions/valid", (positions,), bool)
+        # per-frame tables live in memory (24 bytes a frame) and go to disk whole at each flush:
+        # h5py's point selections would cost milliseconds per message
+        self._scan_yx = np.full((n, 2), -1, np.int32)
+        self._timestamp_ns = np.zeros(n, np.uint64)
+        self._frame_message = np.full(n, -1, np.int32)
+        self._frame_slot = np.full(n, -1, np.int32)
+        self._position_count = np.zeros(positions, np.int32)
+        self._beam_centre = np.full((positions, 2), np.nan)
+        self._position_valid = np.zeros(positions, bool)
+        self._tables_dirty = False
         self._headers: list[str] = []
         self._times: list[int] = []
         self._rejections: list[str] = []
@@ -120,24 +155,26 @@ class CaptureWriter:
 
     def write_frames(self, message_index: int, frame_ids: np.ndarray, chunks: list[bytes], scan_yx: np.ndarray,
                      timestamps_ns: np.ndarray) -> None:
+        """Write pre-compressed frames now; their per-frame tables are kept and written at flush."""
         ids = frame_ids.astype(np.int64)
-        for frame_id, chunk in zip(ids, chunks):
-            self.frames.id.write_direct_chunk((int(frame_id), 0, 0), chunk)
-        order = np.argsort(ids)  # h5py fancy indexing wants increasing indices
-        sorted_ids = ids[order]
-        self.scan_yx[sorted_ids] = scan_yx[order]
-        self.timestamp_ns[sorted_ids] = timestamps_ns[order]
-        self.frame_message[sorted_ids] = message_index
-        self.frame_slot[sorted_ids] = np.arange(len(ids), dtype=np.int32)[order]
+        write_chunk = self.frames.id.write_direct_chunk
+        for frame_id, chunk in zip(ids.tolist(), chunks):
+            write_chunk((frame_id, 0, 0), chunk)
+        self._scan_yx[ids] = scan_yx
+        self._timestamp_ns[ids] = timestamps_ns
+        self._frame_message[ids] = message_index
+        self._frame_slot[ids] = np.arange(len(ids), dtype=np.int32)
+        self._tables_dirty = True
 
     def add_rejection(self, reason: str) -> None:
         self._rejections.append(reason)
 
     def write_position(self, position: int, frame_sum: np.ndarray, frame_count: int, centre_yx, valid: bool) -> None:
         self.position_sum.id.write_direct_chunk((position, 0, 0), compress_frame(frame_sum))
-        self.position_count[position] = frame_count
-        self.beam_centre[position] = centre_yx
-        self.position_valid[position] = valid
+        self._position_count[position] = frame_count
+        self._beam_centre[position] = centre_yx
+        self._position_valid[position] = valid
+        self._tables_dirty = True
 
     def write_overview(self, overview: OverviewImage, header_bytes: bytes) -> None:
         name = f"overviews/{overview.header['overview_id']}"
@@ -157,6 +194,15 @@ class CaptureWriter:
                 dataset.resize((start + len(items),))
                 dataset[start:] = items
                 items.clear()
+        if self._tables_dirty:
+            self.scan_yx[:] = self._scan_yx
+            self.timestamp_ns[:] = self._timestamp_ns
+            self.frame_message[:] = self._frame_message
+            self.frame_slot[:] = self._frame_slot
+            self.position_count[:] = self._position_count
+            self.beam_centre[:] = self._beam_centre
+            self.position_valid[:] = self._position_valid
+            self._tables_dirty = False
         if frame_status is not None:
             self.file.flush()  # frames before the status that declares them
             self.frame_status[:] = frame_status

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from concurrent.futures import ThreadPoolExecutor
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import numpy as np
 import zmq
 
 from simed_stream import kernels
-from simed_stream.capture import (RECEIVED, REJECTED, Accounting, CaptureWriter, compress_frame,
+from simed_stream.capture import (RECEIVED, REJECTED, Accounting, CaptureWriter, compress_frames,
                                   position_sum_dtype)
 from simed_stream.protocol import (DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES, Frames, Heartbeat,
                                    OverviewImage, ProtocolError, SeriesEnd, SeriesStart, decode)
@@ -58,6 +59,7 @@ class SeriesSummary:
     accounting: dict
     notes: list[str] = field(default_factory=list)
     overview: bool = False
+    ingest_seconds: float = 0.0  # first frame received to last frame processed (written and summed)
 
 
 class _Series:
@@ -83,6 +85,9 @@ class _Series:
         self.slot_of: dict[int, int] = {}  # position -> pool slot, in arrival order (oldest first)
         self.free_slots = list(range(settings.max_pending_positions - 1, -1, -1))
         self.late_frames = 0
+        self.last_centre: tuple[float, float] | None = None
+        self.first_frame_ns = 0
+        self.last_frame_done_ns = 0
         self.bad_pixels = start.pixel_mask.astype(bool) if start.pixel_mask is not None else None
         self.writer = None
         if settings.capture:
@@ -121,6 +126,8 @@ class Receiver:
         self._rate_window: list[tuple[float, int]] = []
         self._rejection_logs = 0
         self.error: BaseException | None = None
+        # the processing thread compresses half of each message, this pool's thread the other
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="simed-compress")
 
     # -- lifecycle
     def __enter__(self) -> "Receiver":
@@ -152,6 +159,7 @@ class Receiver:
             thread.join(timeout=30)
         self._socket.close(0)
         self._context.term()
+        self._pool.shutdown()
         return self.closed
 
     def wait_for_series(self, count: int, timeout_s: float) -> list[SeriesSummary]:
@@ -334,10 +342,12 @@ class Receiver:
         scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
         if series.writer:
             message_index = series.writer.add_message(header_bytes, t_ns)
-            chunks = [compress_frame(frame) for frame in pixels]
+            chunks = compress_frames(pixels, self._pool)
             series.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps)
         series.status[index] = RECEIVED
         self._accumulate(series, pixels, scan_yx)
+        series.first_frame_ns = series.first_frame_ns or t_ns
+        series.last_frame_done_ns = time.time_ns()
         with self._lock:
             self._counters["frames_received"] += len(index)
             self._counters["bytes"] += pixels.nbytes
@@ -373,11 +383,7 @@ class Receiver:
         slot = series.slot_of.pop(position)
         frame_sum = series.pool[slot]
         count = int(series.pool_counts[slot])
-        if series.bad_pixels is not None and count:  # centre on the masked sum; the raw sum is what is kept
-            centre = kernels.beam_centre(kernels.apply_pixel_mask(frame_sum, series.bad_pixels),
-                                         self.settings.beam_radius_px)
-        else:
-            centre = kernels.beam_centre(frame_sum, self.settings.beam_radius_px) if count else (np.nan, np.nan)
+        centre = self._beam_centre(series, frame_sum) if count else (np.nan, np.nan)
         valid = complete and bool(np.isfinite(centre).all())
         series.frame_counts[position] = count
         series.centres[position] = centre
@@ -388,6 +394,35 @@ class Receiver:
         frame_sum[...] = 0
         series.pool_counts[slot] = 0
         series.free_slots.append(slot)
+
+    def _beam_centre(self, series: _Series, frame_sum: np.ndarray) -> tuple[float, float]:
+        """Beam centre of a position's sum, hot pixels masked (the raw sum is what is kept).
+
+        Descan drift is slow, so the search starts in a window around the previous position's
+        centre (~1/50 of a 256² frame); when the beam is not found well inside it, the whole
+        frame is searched."""
+        radius = self.settings.beam_radius_px
+        if series.last_centre is not None:
+            half = int(2 * radius) + 8
+            cy, cx = (int(round(v)) for v in series.last_centre)
+            y0, x0 = max(0, cy - half), max(0, cx - half)
+            window = frame_sum[y0 : cy + half + 1, x0 : cx + half + 1]
+            wy, wx = kernels.beam_centre(self._masked(series, window, y0, x0), radius)
+            if (np.isfinite(wy) and np.isfinite(wx) and radius <= wy <= window.shape[0] - 1 - radius
+                    and radius <= wx <= window.shape[1] - 1 - radius):
+                series.last_centre = (wy + y0, wx + x0)
+                return series.last_centre
+        centre = kernels.beam_centre(self._masked(series, frame_sum, 0, 0), radius)
+        if np.isfinite(centre).all():
+            series.last_centre = centre
+        return centre
+
+    @staticmethod
+    def _masked(series: _Series, image: np.ndarray, y0: int, x0: int) -> np.ndarray:
+        if series.bad_pixels is None:
+            return image
+        mask = series.bad_pixels[y0 : y0 + image.shape[0], x0 : x0 + image.shape[1]]
+        return kernels.apply_pixel_mask(image, mask) if mask.any() else image
 
     def _reject(self, error: ProtocolError, series: _Series | None = None) -> None:
         if series is None and error.series_id is not None:
@@ -475,7 +510,8 @@ class Receiver:
         if series.writer:
             series.writer.close(accounting, series.status, end_status, notes, plane)
             path = series.writer.path
-        summary = SeriesSummary(series_id, path, end_status, accounting.as_dict(), notes, series.overview_received)
+        summary = SeriesSummary(series_id, path, end_status, accounting.as_dict(), notes, series.overview_received,
+                                max(0.0, (series.last_frame_done_ns - series.first_frame_ns) / 1e9))
         log.info("series %s closed (%s): %s", series_id, end_status, accounting.as_dict())
         for note in notes:
             log.warning("series %s: %s", series_id, note)
