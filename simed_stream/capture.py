@@ -169,8 +169,9 @@ class CaptureWriter:
     def add_rejection(self, reason: str) -> None:
         self._rejections.append(reason)
 
-    def write_position(self, position: int, frame_sum: np.ndarray, frame_count: int, centre_yx, valid: bool) -> None:
-        self.position_sum.id.write_direct_chunk((position, 0, 0), compress_frame(frame_sum))
+    def write_position(self, position: int, chunk: bytes, frame_count: int, centre_yx, valid: bool) -> None:
+        """A position's summed frame, compressed by `compress_frame`, and its table entries."""
+        self.position_sum.id.write_direct_chunk((position, 0, 0), chunk)
         self._position_count[position] = frame_count
         self._beam_centre[position] = centre_yx
         self._position_valid[position] = valid

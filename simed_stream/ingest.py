@@ -3,7 +3,8 @@ each scan position and writes a lossless capture per series.
 
 Two threads. The *receive* thread only receives and decodes (ZeroMQ and JSON release the GIL
 or are cheap) and puts messages on a bounded queue. The *processing* thread owns all series
-state: series-level validation, accounting, compression of frames (bitshuffle releases the GIL),
+state: series-level validation, accounting, compression of frames (Blosc releases the GIL; half
+of each message and the position sums go to a second thread),
 direct chunk writes, per-position sums and beam centres (numba, GIL released).
 
 Back-pressure, not loss: when processing falls behind, the queue fills, the receive thread
@@ -28,7 +29,7 @@ import numpy as np
 import zmq
 
 from simed_stream import kernels
-from simed_stream.capture import (RECEIVED, REJECTED, Accounting, CaptureWriter, compress_frames,
+from simed_stream.capture import (RECEIVED, REJECTED, Accounting, CaptureWriter, compress_frame, compress_frames,
                                   position_sum_dtype)
 from simed_stream.protocol import (DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES, Frames, Heartbeat,
                                    OverviewImage, ProtocolError, SeriesEnd, SeriesStart, decode)
@@ -86,6 +87,7 @@ class _Series:
         self.free_slots = list(range(settings.max_pending_positions - 1, -1, -1))
         self.late_frames = 0
         self.last_centre: tuple[float, float] | None = None
+        self.pending_sums: list = []  # (position, future of its compressed sum, count, centre, valid)
         self.first_frame_ns = 0
         self.last_frame_done_ns = 0
         self.bad_pixels = start.pixel_mask.astype(bool) if start.pixel_mask is not None else None
@@ -389,11 +391,20 @@ class Receiver:
         series.centres[position] = centre
         series.valid[position] = valid
         series.flushed_positions[position] = True
-        if series.writer:
-            series.writer.write_position(position, frame_sum, count, centre, valid)
+        if series.writer:  # compressed in the pool; written by this thread once done
+            series.pending_sums.append((position, self._pool.submit(compress_frame, frame_sum.copy()), count,
+                                        centre, valid))
+            self._write_done_sums(series, wait=len(series.pending_sums) > 64)
         frame_sum[...] = 0
         series.pool_counts[slot] = 0
         series.free_slots.append(slot)
+
+    @staticmethod
+    def _write_done_sums(series: _Series, wait: bool = False) -> None:
+        while series.pending_sums and (wait or series.pending_sums[0][1].done()):
+            position, future, count, centre, valid = series.pending_sums.pop(0)
+            series.writer.write_position(position, future.result(), count, centre, valid)
+            wait = wait and len(series.pending_sums) > 32
 
     def _beam_centre(self, series: _Series, frame_sum: np.ndarray) -> tuple[float, float]:
         """Beam centre of a position's sum, hot pixels masked (the raw sum is what is kept).
@@ -467,6 +478,7 @@ class Receiver:
         for series_id, series in list(self._series.items()):
             self._update_accounting(series)
             if series.writer and now - series.last_flush > self.settings.flush_interval_s:
+                self._write_done_sums(series)
                 series.writer.flush(series.accounting, series.status)
                 series.last_flush = now
             if series.end is not None:
@@ -508,6 +520,8 @@ class Receiver:
                 notes.append(f"descan plane not fitted: {error}")
         path = None
         if series.writer:
+            while series.pending_sums:
+                self._write_done_sums(series, wait=True)
             series.writer.close(accounting, series.status, end_status, notes, plane)
             path = series.writer.path
         summary = SeriesSummary(series_id, path, end_status, accounting.as_dict(), notes, series.overview_received,
