@@ -300,3 +300,17 @@ def test_killed_receiver_leaves_a_readable_capture(tmp_path):
         for frame_id, pixels in zip(received, capture.frames(received)):
             np.testing.assert_array_equal(pixels, truth[int(frame_id)])
         assert capture.file.attrs["state"] == "open"  # it never closed, and says so
+
+
+def test_loop_repeats_the_series_under_new_ids(tmp_path):
+    endpoint = free_endpoint()
+    with Receiver(settings_for(tmp_path, endpoint)) as rx:
+        with FakeDetector(endpoint, None, rate_fps="max") as detector:
+            runner = threading.Thread(target=detector.run, args=([lambda: synthetic_series("lp", **SMALL)],),
+                                      kwargs={"loop": True})
+            runner.start()
+            summaries = rx.wait_for_series(2, 20)
+            detector._stop.set()
+            runner.join(10)
+    assert [s.series_id for s in summaries[:2]] == ["lp", "lp-r1"]
+    assert all(s.accounting["received"] == 128 for s in summaries[:2])
