@@ -42,7 +42,8 @@ class FRCCurve:
         for ring in range(2, len(self.frc)):
             if self.frc[ring] < thresholds[ring]:
                 above, below = self.frc[ring - 1] - thresholds[ring - 1], self.frc[ring] - thresholds[ring]
-                fraction = above / (above - below) if above != below else 0.0
+                # clipped: a curve already below at ring 1 reports ring 1-2, never beyond the box
+                fraction = min(1.0, max(0.0, above / (above - below))) if above != below else 0.0
                 k = (ring - 1 + fraction) / (self.size * self.pixel_A)
                 return float(1.0 / k)
         return float("nan")

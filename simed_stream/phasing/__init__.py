@@ -1,0 +1,1 @@
+"""Phasing: classical iterative phase retrieval (the baseline) and, later, DiffraGAN."""
