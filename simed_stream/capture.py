@@ -106,7 +106,7 @@ class CaptureWriter:
         n = start.frames_expected
         h, w = start.sig_shape
         ny, nx = start.nav_shape
-        self.file = h5py.File(self.path, "w")
+        self.file = h5py.File(self.path, "x")  # never overwrite a capture
         f = self.file
         f.attrs.update(format=FORMAT, series_id=start.series_id, unique_id=start.header["unique_id"],
                        protocol=start.header["protocol"], series_start=start_header_bytes.decode(),
@@ -121,6 +121,8 @@ class CaptureWriter:
         strings = h5py.string_dtype()
         self.message_header = f.create_dataset("messages/header", (0,), strings, maxshape=(None,), chunks=(256,))
         self.message_time = f.create_dataset("messages/receive_time_ns", (0,), np.uint64, maxshape=(None,), chunks=(256,))
+        self.message_frame_ids = f.create_dataset("messages/frame_ids", (0,), h5py.vlen_dtype(np.uint64),
+                                                  maxshape=(None,), chunks=(256,))
         self.rejected_reason = f.create_dataset("rejections/reason", (0,), strings, maxshape=(None,), chunks=(64,))
         if start.pixel_mask is not None:
             f.create_dataset("pixel_mask", data=start.pixel_mask)
@@ -142,19 +144,22 @@ class CaptureWriter:
         self._tables_dirty = False
         self._headers: list[str] = []
         self._times: list[int] = []
+        self._message_ids: list[np.ndarray] = []
         self._rejections: list[str] = []
         self.add_message(start_header_bytes, receive_time_ns)
         self.flush()
 
     # -- frames and messages
-    def add_message(self, header_bytes: bytes, receive_time_ns: int) -> int:
-        """Record an accepted message header verbatim; returns its index."""
+    def add_message(self, header_bytes: bytes, receive_time_ns: int, frame_ids: np.ndarray | None = None) -> int:
+        """Record an accepted message header verbatim, with the frame ids it carried (all of
+        them, duplicates of earlier frames included, so a replay can rebuild it); returns its index."""
         self._headers.append(header_bytes.decode())
         self._times.append(receive_time_ns)
+        self._message_ids.append(np.zeros(0, np.uint64) if frame_ids is None else np.asarray(frame_ids, np.uint64))
         return self.message_header.shape[0] + len(self._headers) - 1
 
     def write_frames(self, message_index: int, frame_ids: np.ndarray, chunks: list[bytes], scan_yx: np.ndarray,
-                     timestamps_ns: np.ndarray) -> None:
+                     timestamps_ns: np.ndarray, slots_in_message: np.ndarray) -> None:
         """Write pre-compressed frames now; their per-frame tables are kept and written at flush."""
         ids = frame_ids.astype(np.int64)
         write_chunk = self.frames.id.write_direct_chunk
@@ -163,7 +168,7 @@ class CaptureWriter:
         self._scan_yx[ids] = scan_yx
         self._timestamp_ns[ids] = timestamps_ns
         self._frame_message[ids] = message_index
-        self._frame_slot[ids] = np.arange(len(ids), dtype=np.int32)
+        self._frame_slot[ids] = slots_in_message
         self._tables_dirty = True
 
     def add_rejection(self, reason: str) -> None:
@@ -179,8 +184,8 @@ class CaptureWriter:
 
     def write_overview(self, overview: OverviewImage, header_bytes: bytes) -> None:
         name = f"overviews/{overview.header['overview_id']}"
-        if name in self.file:
-            del self.file[name]
+        if name in self.file:  # a second image under the same id: keep both
+            name = f"{name}-{overview.msg_seq}"
         dataset = self.file.create_dataset(name, data=overview.image, compression="gzip", compression_opts=1)
         dataset.attrs.update(header=header_bytes.decode(), pixel_size_A=float(overview.header["pixel_size_A"]),
                              affine_scan_to_overview=overview.affine, acquired=overview.header["acquired"])
@@ -189,6 +194,7 @@ class CaptureWriter:
     def flush(self, accounting: Accounting | None = None, frame_status: np.ndarray | None = None) -> None:
         """Write buffered tables, then the frame status: on disk it never runs ahead of the frames."""
         for dataset, items in ((self.message_header, self._headers), (self.message_time, self._times),
+                               (self.message_frame_ids, self._message_ids),
                                (self.rejected_reason, self._rejections)):
             if items:
                 start = dataset.shape[0]

@@ -132,6 +132,8 @@ def _add_detector(commands) -> None:
 def _detector(args) -> int:
     import time
 
+    import zmq
+
     from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
     from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
 
@@ -153,15 +155,24 @@ def _detector(args) -> int:
         make = lambda: synthetic_series(series_id, args.nav_shape, args.frames_per_position, args.sig_shape,  # noqa: E731
                                         batch_frames=args.batch_frames, seed=args.seed)
     control = None if args.control == "none" else args.control
-    with FakeDetector(args.data, control, rate_fps=args.rate, faults=faults, seed=args.seed,
-                      max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
-                      wait_for_arm=args.wait_arm) as detector:
+    if control:
+        _warn_if_not_loopback(control)
+    detector = FakeDetector(args.data, control, rate_fps=args.rate, faults=faults, seed=args.seed,
+                            max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+                            wait_for_arm=args.wait_arm)
+    try:
+        detector.__enter__()
+    except zmq.ZMQError as error:
+        raise SimedError(f"cannot bind {args.data} / {control}: {error}") from None
+    try:  # entered above, so that a bind error is reported plainly
         logging.getLogger("simed").info("detector bound to %s; waiting for a receiver", args.data)
         try:
             detector.run([make], loop=args.loop)
         except TimeoutError as error:
             raise SimedError(str(error)) from None
         status = detector.status()
+    finally:
+        detector.__exit__(None, None, None)
     print(f"detector: {status['series_done']} series, last {status['series_id']}: {status['frames_sent']} frames sent, "
           f"{status['frames_dropped_at_source']} dropped at source")
     return 0
@@ -197,6 +208,8 @@ def _receive(args) -> int:
     import json
     import time
 
+    import zmq
+
     from simed_stream.ingest import Receiver, ReceiverSettings
 
     _warn_if_not_loopback(args.data)
@@ -209,7 +222,11 @@ def _receive(args) -> int:
     receiver = Receiver(settings, on_series_closed=lambda s: print(
         f"series {s.series_id} closed ({s.end_status}) -> {s.path}: {json.dumps(s.accounting)}"
         + "".join(f"\n  note: {note}" for note in s.notes), flush=True))
-    with receiver:
+    try:
+        receiver.start()
+    except zmq.ZMQError as error:
+        raise SimedError(f"cannot connect to {args.data}: {error}") from None
+    with receiver:  # already started: __enter__ does not start it again
         try:
             while not args.series or len(receiver.closed) < args.series:
                 time.sleep(args.status_interval_s)

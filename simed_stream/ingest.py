@@ -48,6 +48,7 @@ class ReceiverSettings:
     overview_grace_s: float = 5.0
     beam_radius_px: float = 8.0
     max_pending_positions: int = 256
+    max_open_series: int = 4
     flush_interval_s: float = 1.0
     capture: bool = True
 
@@ -66,7 +67,8 @@ class SeriesSummary:
 class _Series:
     """State of one open series; lives in the processing thread only."""
 
-    def __init__(self, start: SeriesStart, header_bytes: bytes, now_ns: int, settings: ReceiverSettings):
+    def __init__(self, start: SeriesStart, header_bytes: bytes, now_ns: int, settings: ReceiverSettings,
+                 path: Path | None):
         self.start = start
         self.status = np.zeros(start.frames_expected, np.uint8)
         self.accounting = Accounting(start.frames_expected, positions_total=start.nav_shape[0] * start.nav_shape[1])
@@ -91,10 +93,7 @@ class _Series:
         self.first_frame_ns = 0
         self.last_frame_done_ns = 0
         self.bad_pixels = start.pixel_mask.astype(bool) if start.pixel_mask is not None else None
-        self.writer = None
-        if settings.capture:
-            path = settings.capture_dir / f"{_safe_name(start.series_id)}.h5"
-            self.writer = CaptureWriter(path, start, header_bytes, now_ns)
+        self.writer = CaptureWriter(path, start, header_bytes, now_ns) if path is not None else None
         self.last_flush = time.monotonic()
 
 
@@ -121,7 +120,8 @@ class Receiver:
         self._closed_ids: set[str] = set()
         self._lock = threading.Lock()
         self._counters = dict(messages=0, rejected_messages=0, frames_received=0, frames_rejected=0,
-                              duplicates=0, msg_seq_gaps=0, heartbeats=0, bytes=0)
+                              duplicates=0, msg_seq_gaps=0, heartbeats=0, bytes=0, internal_errors=0)
+        self.last_internal_error: str | None = None
         self._last_seq: int | None = None
         self._lag_s = 0.0
         self._threads: list[threading.Thread] = []
@@ -133,7 +133,8 @@ class Receiver:
 
     # -- lifecycle
     def __enter__(self) -> "Receiver":
-        self.start()
+        if not self._threads:
+            self.start()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -146,7 +147,11 @@ class Receiver:
         # soft limit and this, a message is received and rejected with its frames accounted for
         socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.settings.max_message_bytes)
         socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self.settings.data_endpoint)
+        try:
+            socket.connect(self.settings.data_endpoint)
+        except zmq.ZMQError:
+            socket.close(0)
+            raise
         self._socket = socket
         self._threads = [threading.Thread(target=self._receive_loop, name="simed-receive", daemon=True),
                          threading.Thread(target=self._process_loop, name="simed-process", daemon=True)]
@@ -191,7 +196,8 @@ class Receiver:
         poller.register(self._socket, zmq.POLLIN)
         while not self._stop.is_set():
             if not poller.poll(50):
-                self._put(("tick", None, None, time.time_ns()))
+                if self._queue.empty():
+                    self._put(("tick", None, None, time.time_ns()))
                 continue
             parts = self._socket.recv_multipart(copy=False)
             now_ns = time.time_ns()
@@ -201,40 +207,49 @@ class Receiver:
             except ProtocolError as error:
                 self._put(("rejected", error, None, now_ns))
                 continue
+            except Exception as error:  # a decoder gap must never take the receiver down
+                log.exception("unexpected error decoding a message")
+                self._put(("rejected", ProtocolError(f"malformed message ({error.__class__.__name__})"), None, now_ns))
+                continue
             self._put(("message", message, bytes(buffers[0]), now_ns))
-        self._put(("stop", None, None, time.time_ns()), force=True)
+        self._put(("stop", None, None, time.time_ns()))
 
-    def _put(self, item, force: bool = False) -> None:
+    def _put(self, item) -> None:
+        """Queue an item, waiting while the queue is full (back-pressure); only a tick may be
+        dropped, and only a dead processing thread makes us give up."""
         while True:
             try:
                 self._queue.put(item, timeout=0.1)
                 return
             except queue.Full:
-                if self._stop.is_set() and not force:
+                if item[0] == "tick" or not self._threads[1].is_alive():
                     return
 
     # -- processing thread
     def _process_loop(self) -> None:
         try:
-            while True:
-                kind, payload, header_bytes, t_ns = self._queue.get()
-                self._lag_s = max(0.0, (time.time_ns() - t_ns) / 1e9)
-                if kind == "stop":
-                    break
-                if kind == "rejected":
-                    self._reject(payload)
-                elif kind == "message":
-                    self._handle(payload, header_bytes, t_ns)
-                self._housekeeping()
-            while True:  # drain what the receive thread queued before stopping
+            stopping = False
+            while not stopping or not self._queue.empty():
                 try:
-                    kind, payload, header_bytes, t_ns = self._queue.get_nowait()
+                    item = self._queue.get(timeout=0.1) if stopping else self._queue.get()
                 except queue.Empty:
                     break
-                if kind == "message":
-                    self._handle(payload, header_bytes, t_ns)
-                elif kind == "rejected":
-                    self._reject(payload)
+                kind, payload, header_bytes, t_ns = item
+                self._lag_s = max(0.0, (time.time_ns() - t_ns) / 1e9)
+                if kind == "stop":
+                    stopping = True  # then drain what is still queued
+                    continue
+                try:
+                    if kind == "rejected":
+                        self._reject(payload)
+                    elif kind == "message":
+                        self._handle(payload, header_bytes, t_ns)
+                    self._housekeeping()
+                except Exception as error:  # a bug or a disk error on one message: log, count, go on
+                    log.exception("error while handling a %s message", kind)
+                    with self._lock:
+                        self._counters["internal_errors"] += 1
+                    self.last_internal_error = f"{error.__class__.__name__}: {error}"
             for series_id in list(self._series):
                 self._close(series_id, "receiver stopped before the series ended")
         except BaseException as error:  # keep the cause for the caller; never lose it silently
@@ -293,22 +308,36 @@ class Receiver:
         self._last_seq = seq if self._last_seq is None or seq > self._last_seq or seq == 0 else self._last_seq
 
     def _open(self, start: SeriesStart, header_bytes: bytes, t_ns: int) -> None:
+        problem = None
         if start.series_id in self._series or start.series_id in self._closed_ids:
-            self._reject(ProtocolError(f"series_start for series {start.series_id!r}, which already exists",
-                                       start.series_id))
+            problem = f"series_start for series {start.series_id!r}, which already exists"
+        elif len(self._series) >= self.settings.max_open_series:
+            problem = (f"series_start for {start.series_id!r} while {len(self._series)} series are open "
+                       f"(max_open_series={self.settings.max_open_series})")
+        else:
+            try:
+                series = _Series(start, header_bytes, t_ns, self.settings, self._capture_path(start.series_id))
+            except (OSError, MemoryError, ValueError) as error:
+                problem = f"cannot open a capture for series {start.series_id!r}: {error}"
+        if problem is not None:
+            self._reject(ProtocolError(problem, start.series_id))
             return
-        if start.frames_expected > 50_000_000:
-            self._reject(ProtocolError(f"series {start.series_id!r} announces {start.frames_expected} frames, "
-                                       "more than the receiver accepts (50 000 000)", start.series_id))
-            return
-        try:
-            series = _Series(start, header_bytes, t_ns, self.settings)
-        except OSError as error:
-            log.error("cannot create the capture for series %s: %s", start.series_id, error)
-            raise
-        self._series[start.series_id] = series
+        with self._lock:
+            self._series[start.series_id] = series
         log.info("series %s started: %s frames expected, scan %s × %d frames/position",
                  start.series_id, start.frames_expected, start.nav_shape, start.frames_per_position)
+
+    def _capture_path(self, series_id: str) -> Path | None:
+        """A file name of its own: never overwrite an earlier capture, even of the same id."""
+        if not self.settings.capture:
+            return None
+        base = _safe_name(series_id)
+        path = self.settings.capture_dir / f"{base}.h5"
+        counter = 1
+        while path.exists():
+            counter += 1
+            path = self.settings.capture_dir / f"{base}-{counter}.h5"
+        return path
 
     def _frames(self, series: _Series, message: Frames, header_bytes: bytes, t_ns: int) -> None:
         start = series.start
@@ -339,13 +368,18 @@ class Receiver:
             series.accounting.duplicates += duplicates
             if not fresh.any():
                 return
-        # a duplicate message carries nothing new; partially new ones keep only the new frames
+        # a duplicate message carries nothing new; partially new ones keep only the new frames,
+        # each with its place in the message as sent (for a verbatim replay)
+        slots_in_message = np.flatnonzero(fresh).astype(np.int32)
         index, pixels = index[fresh], message.pixels[fresh]
         scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
         if series.writer:
-            message_index = series.writer.add_message(header_bytes, t_ns)
+            message_index = series.writer.add_message(header_bytes, t_ns, ids)
             chunks = compress_frames(pixels, self._pool)
-            series.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps)
+            series.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps,
+                                       slots_in_message)
+        series.accounting.rejected -= int((series.status[index] == REJECTED).sum())
+        series.accounting.received += len(index)
         series.status[index] = RECEIVED
         self._accumulate(series, pixels, scan_yx)
         series.first_frame_ns = series.first_frame_ns or t_ns
@@ -360,23 +394,25 @@ class Receiver:
     def _accumulate(self, series: _Series, pixels: np.ndarray, scan_yx: np.ndarray) -> None:
         nx = series.start.nav_shape[1]
         positions = scan_yx[:, 0].astype(np.int64) * nx + scan_yx[:, 1]
-        slots = np.empty(len(positions), np.int64)
-        for i, position in enumerate(positions):
-            position = int(position)
+        slots = np.full(len(positions), -1, np.int64)
+        done = 0  # frames before this index are already added to the pool
+        for i, position in enumerate(positions.tolist()):
             if series.flushed_positions[position]:
-                slots[i] = -1  # its sum was already written as incomplete; the frame itself is captured
-                series.late_frames += 1
+                series.late_frames += 1  # its sum was already written as incomplete; the frame itself is captured
                 continue
             slot = series.slot_of.get(position)
             if slot is None:
                 if not series.free_slots:
+                    # add what this message assigned so far before a slot is evicted and reused
+                    kernels.accumulate_positions(pixels[done:i], slots[done:i], series.pool, series.pool_counts)
+                    done = i
                     self._flush_position(series, next(iter(series.slot_of)), complete=False)
                 slot = series.free_slots.pop()
                 series.slot_of[position] = slot
             slots[i] = slot
-        kernels.accumulate_positions(pixels, slots, series.pool, series.pool_counts)
+        kernels.accumulate_positions(pixels[done:], slots[done:], series.pool, series.pool_counts)
         per_position = series.start.frames_per_position
-        for position in set(int(p) for p in positions):
+        for position in set(positions.tolist()):
             slot = series.slot_of.get(position)
             if slot is not None and series.pool_counts[slot] >= per_position:
                 self._flush_position(series, position, complete=True)
@@ -390,6 +426,7 @@ class Receiver:
         series.frame_counts[position] = count
         series.centres[position] = centre
         series.valid[position] = valid
+        series.accounting.positions_valid += int(valid)
         series.flushed_positions[position] = True
         if series.writer:  # compressed in the pool; written by this thread once done
             series.pending_sums.append((position, self._pool.submit(compress_frame, frame_sum.copy()), count,
@@ -442,7 +479,8 @@ class Receiver:
         if series is not None and error.frame_ids is not None:
             ids = error.frame_ids.astype(np.int64)
             ids = ids[(ids >= 0) & (ids < len(series.status))]
-            ids = ids[series.status[ids] != RECEIVED]
+            ids = np.unique(ids[series.status[ids] != RECEIVED])
+            series.accounting.rejected += int((series.status[ids] != REJECTED).sum())
             series.status[ids] = REJECTED
             frames = len(ids)
         with self._lock:
@@ -460,9 +498,11 @@ class Receiver:
     def _late_overview(self, message: OverviewImage, header_bytes: bytes) -> None:
         import h5py
 
-        summary = next(s for s in self.closed if s.series_id == message.series_id)
+        summary = next((s for s in self.closed if s.series_id == message.series_id), None)
         log.warning("overview for series %s arrived after it closed; added to its capture", message.series_id)
-        if summary.path is not None:
+        if summary is None or summary.path is None:
+            return
+        try:
             with h5py.File(summary.path, "r+") as f:
                 name = f"overviews/{message.header['overview_id']}"
                 if name not in f:
@@ -470,13 +510,17 @@ class Receiver:
                     dataset.attrs.update(header=header_bytes.decode(), affine_scan_to_overview=message.affine,
                                          pixel_size_A=float(message.header["pixel_size_A"]),
                                          acquired=message.header["acquired"])
+        except OSError as error:  # e.g. a reader holds the file: keep the image beside it instead
+            side = summary.path.with_name(f"{summary.path.stem}.overview-{message.header['overview_id']}.npy")
+            np.save(side, message.image)
+            log.error("could not add the late overview to %s (%s); saved it as %s", summary.path, error, side)
+            summary.notes.append(f"late overview saved beside the capture as {side.name}")
         summary.overview = True
         summary.notes.append("overview arrived after the series closed")
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
         for series_id, series in list(self._series.items()):
-            self._update_accounting(series)
             if series.writer and now - series.last_flush > self.settings.flush_interval_s:
                 self._write_done_sums(series)
                 series.writer.flush(series.accounting, series.status)
@@ -487,17 +531,11 @@ class Receiver:
             elif now - series.last_activity > self.settings.series_timeout_s:
                 self._close(series_id, f"no series_end and no message for {self.settings.series_timeout_s:g} s")
 
-    def _update_accounting(self, series: _Series) -> None:
-        counts = np.bincount(series.status, minlength=3)
-        series.accounting.received = int(counts[RECEIVED])
-        series.accounting.rejected = int(counts[REJECTED])
-        series.accounting.positions_valid = int(series.valid.sum())
-
     def _close(self, series_id: str, problem: str | None) -> None:
-        series = self._series.pop(series_id)
+        with self._lock:
+            series = self._series.pop(series_id)
         for position in list(series.slot_of):
             self._flush_position(series, position, complete=False)
-        self._update_accounting(series)
         notes = list(series.notes)
         if problem:
             notes.append(problem)
@@ -531,6 +569,7 @@ class Receiver:
             log.warning("series %s: %s", series_id, note)
         with self._lock:
             self.closed.append(summary)
+            del self.closed[:-1000]  # a looping detector must not grow this forever
             self._closed_ids.add(series_id)
         if self.on_series_closed:
             self.on_series_closed(summary)

@@ -20,6 +20,10 @@ DEFAULT_DATA_ENDPOINT = "tcp://127.0.0.1:31001"
 DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:31002"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_HEADER_BYTES = 1024 * 1024
+MAX_PARTS = 5
+MAX_SIDE_PX = 65536  # any image or scan dimension
+MAX_FRAMES_PER_MESSAGE = 1_000_000
+MAX_FRAME_ID = 2**62
 
 #: Pixel and image types accepted on the wire, always little-endian.
 FRAME_DTYPES = {"|u1": np.dtype("|u1"), "<u2": np.dtype("<u2"), "<u4": np.dtype("<u4"), "<f4": np.dtype("<f4")}
@@ -187,13 +191,13 @@ def decode_header(part: bytes | memoryview) -> dict[str, Any]:
         raise ProtocolError(f"header of {len(part)} bytes exceeds {MAX_HEADER_BYTES}")
     try:
         header = json.loads(bytes(part).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProtocolError(f"part 0 is not a JSON header ({error.__class__.__name__})") from None
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, 4300-digit ints, deep nesting
+        raise ProtocolError(f"part 0 is not a usable JSON header ({error.__class__.__name__})") from None
     if not isinstance(header, dict):
         raise ProtocolError("header is not a JSON object")
     if header.get("protocol") != PROTOCOL:
         raise ProtocolError(f"protocol {header.get('protocol')!r} is not {PROTOCOL!r}")
-    if header.get("htype") not in _DECODERS:
+    if not isinstance(header.get("htype"), str) or header["htype"] not in _DECODERS:
         raise ProtocolError(f"unknown htype {header.get('htype')!r}")
     if not isinstance(header.get("msg_seq"), int) or header["msg_seq"] < 0:
         raise ProtocolError("msg_seq must be a non-negative integer")
@@ -212,22 +216,33 @@ def decode(parts: list, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> M
     if not parts:
         raise ProtocolError("empty message")
     header = decode_header(parts[0])
+    if len(parts) > MAX_PARTS:
+        raise ProtocolError(f"message has {len(parts)} parts; no simed-stream/1 message has more than {MAX_PARTS}",
+                            header.get("series_id"), _declared_ids(header, parts))
     size = sum(len(part) for part in parts)
     if size > max_message_bytes:
-        ids = _declared_ids(header)
+        ids = _declared_ids(header, parts)
         raise ProtocolError(f"message of {size} bytes exceeds the limit of {max_message_bytes}",
                             header.get("series_id"), ids)
     return _DECODERS[header["htype"]](header, parts)
 
 
-def _declared_ids(header: dict[str, Any]) -> np.ndarray | None:
-    """Frame ids a frames header claims (first_frame_id .. + count), for accounting a rejected message."""
+def _declared_ids(header: dict[str, Any], parts: list | None = None) -> np.ndarray | None:
+    """The frame ids a rejected frames message carried, for accounting: the ids part when it
+    is intact, else first_frame_id .. + count when those are plausible, else None."""
     if header.get("htype") != "frames":
         return None
     first, count = header.get("first_frame_id"), header.get("count")
-    if isinstance(first, int) and isinstance(count, int) and first >= 0 and 0 <= count <= 1_000_000:
-        return np.arange(first, first + count, dtype=np.uint64)
-    return None
+    if not (_is_int(first) and _is_int(count) and 0 <= first < MAX_FRAME_ID and 0 < count <= MAX_FRAMES_PER_MESSAGE):
+        return None
+    if parts is not None and len(parts) > 1 and len(parts[1]) == 8 * count:
+        ids = np.frombuffer(parts[1], dtype="<u8")
+        return ids if int(ids.max()) < MAX_FRAME_ID else None
+    return np.arange(first, first + count, dtype=np.uint64)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _require(header: dict[str, Any], key: str, kind, where: str = "") -> Any:
@@ -241,13 +256,16 @@ def _require(header: dict[str, Any], key: str, kind, where: str = "") -> Any:
 
 def _shape(value: Any, ndim: int, what: str, series_id: str | None) -> tuple[int, ...]:
     if (not isinstance(value, list) or len(value) != ndim
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
-        raise ProtocolError(f"{what} must be a list of {ndim} positive integers, got {value!r}", series_id)
+            or not all(_is_int(v) and 0 < v <= MAX_SIDE_PX for v in value)):
+        raise ProtocolError(f"{what} must be a list of {ndim} integers in 1..{MAX_SIDE_PX}, got {value!r}"[:300],
+                            series_id)
     return tuple(value)
 
 
 def _array(part, dtype: np.dtype, shape: tuple[int, ...], what: str, header, ids=None) -> np.ndarray:
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = dtype.itemsize
+    for side in shape:  # Python ints: np.prod would wrap around for absurd shapes
+        expected *= side
     if len(part) != expected:
         raise ProtocolError(f"{what} part has {len(part)} bytes, expected {expected} for shape {list(shape)} {dtype.str}",
                             header.get("series_id"), ids)
@@ -263,7 +281,7 @@ def _decode_series_start(header, parts) -> SeriesStart:
     for section in ("optics", "microscope", "user_data"):
         _require(header, section, dict)
     sig_shape = _shape(detector.get("sig_shape"), 2, "detector.sig_shape", sid)
-    if detector.get("dtype") not in FRAME_DTYPES:
+    if not isinstance(detector.get("dtype"), str) or detector["dtype"] not in FRAME_DTYPES:
         raise ProtocolError(f"detector.dtype {detector.get('dtype')!r} is not one of {sorted(FRAME_DTYPES)}", sid)
     _require(detector, "model", str, "detector.")
     nav_shape = _shape(scan.get("nav_shape"), 2, "scan.nav_shape", sid)
@@ -271,6 +289,12 @@ def _decode_series_start(header, parts) -> SeriesStart:
         raise ProtocolError(f"scan.pattern {scan.get('pattern')!r} is not one of {SCAN_PATTERNS}", sid)
     per_position = _require(scan, "frames_per_position", int, "scan.")
     expected = _require(scan, "frames_expected", int, "scan.")
+    if not 1 <= expected <= 50_000_000:
+        raise ProtocolError(f"scan.frames_expected={expected} must be between 1 and 50 000 000", sid)
+    if sig_shape[0] * sig_shape[1] * FRAME_DTYPES[detector["dtype"]].itemsize > 256 * 1024 * 1024:
+        raise ProtocolError(f"detector.sig_shape {list(sig_shape)} is larger than 256 MiB a frame", sid)
+    if nav_shape[0] * nav_shape[1] > 10_000_000:
+        raise ProtocolError(f"scan.nav_shape {list(nav_shape)} has more than 10 000 000 positions", sid)
     if per_position < 1 or expected != per_position * nav_shape[0] * nav_shape[1] and scan["pattern"] != "list":
         raise ProtocolError(
             f"scan.frames_expected={expected} does not equal frames_per_position × positions "
@@ -289,13 +313,15 @@ def _decode_series_start(header, parts) -> SeriesStart:
 
 def _decode_frames(header, parts) -> Frames:
     sid = header["series_id"]
-    ids = _declared_ids(header)
+    ids = _declared_ids(header, parts)
     count = _require(header, "count", int)
-    _require(header, "first_frame_id", int)
-    if count < 1:
-        raise ProtocolError("a frames message must carry at least one frame", sid)
+    first = _require(header, "first_frame_id", int)
+    if not 1 <= count <= MAX_FRAMES_PER_MESSAGE:
+        raise ProtocolError(f"count must be 1..{MAX_FRAMES_PER_MESSAGE}, got {count}", sid)
+    if not 0 <= first < MAX_FRAME_ID:
+        raise ProtocolError(f"first_frame_id out of range: {first}", sid)
     shape = _shape(header.get("shape"), 2, "shape", sid)
-    dtype = FRAME_DTYPES.get(header.get("dtype"))
+    dtype = FRAME_DTYPES.get(header["dtype"]) if isinstance(header.get("dtype"), str) else None
     if dtype is None:
         raise ProtocolError(f"dtype {header.get('dtype')!r} is not one of {sorted(FRAME_DTYPES)}", sid, ids)
     if len(parts) != 5:

@@ -190,12 +190,8 @@ def capture_series(path: str | Path) -> SeriesSource:
     headers = reader.message_headers()
     times = reader.message_times_ns()
     start_header = json.loads(headers[0])
-    frame_message = f["frame_message"][:]
-    frame_slot = f["frame_slot"][:]
-    received = np.flatnonzero(frame_message >= 0)
-    order = received[np.lexsort((frame_slot[received], frame_message[received]))]
-    boundaries = np.flatnonzero(np.diff(frame_message[order])) + 1
-    groups = {int(frame_message[g[0]]): g for g in np.split(order, boundaries) if len(g)}
+    # the ids each frames message carried, in its own order (duplicates of earlier frames included)
+    groups = {index: ids.astype(np.int64) for index, ids in enumerate(f["messages/frame_ids"][:]) if len(ids)}
     overviews = {}
     for dataset in f.get("overviews", {}).values():
         header = json.loads(dataset.attrs["header"])
@@ -265,6 +261,16 @@ class FakeDetector:
     def __enter__(self) -> "FakeDetector":
         self._bind()
         if self.control_endpoint:
+            self._control_socket = self.context.socket(zmq.REP)
+            self._control_socket.setsockopt(zmq.LINGER, 0)
+            self._control_socket.setsockopt(zmq.MAXMSGSIZE, 65536)
+            try:
+                self._control_socket.bind(self.control_endpoint)
+            except zmq.ZMQError:
+                self._control_socket.close(0)
+                self._close_data(0)
+                self.context.term()
+                raise
             self._control_thread = threading.Thread(target=self._serve_control, daemon=True, name="detector-control")
             self._control_thread.start()
         return self
@@ -281,7 +287,13 @@ class FakeDetector:
         socket.setsockopt(zmq.SNDHWM, 8)
         socket.setsockopt(zmq.SNDTIMEO, int(self.send_timeout_s * 1000))
         self._monitor = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        socket.bind(self.data_endpoint)
+        try:
+            socket.bind(self.data_endpoint)
+        except zmq.ZMQError:
+            socket.disable_monitor()
+            self._monitor.close(0)
+            socket.close(0)
+            raise
         self._socket = socket
         self._peers = 0
 
@@ -326,10 +338,7 @@ class FakeDetector:
 
     # -- control
     def _serve_control(self) -> None:
-        socket = self.context.socket(zmq.REP)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, 65536)
-        socket.bind(self.control_endpoint)
+        socket = self._control_socket  # bound in __enter__, so a bind error reaches the caller; used only here
         try:
             while not self._stop.is_set():
                 if not socket.poll(100):
@@ -337,7 +346,7 @@ class FakeDetector:
                 try:
                     request = json.loads(socket.recv())
                     command = request.get("command") if isinstance(request, dict) else None
-                except (ValueError, UnicodeDecodeError):
+                except (ValueError, RecursionError):
                     command = None
                 if command == "status":
                     reply = {"ok": True, "state": self.state, **self.status()}
@@ -490,6 +499,8 @@ class FakeDetector:
             elif self._send(parts):
                 self._record(kind, ids)
                 sent += len(ids) if kind != "duplicate" else 0
+            elif kind == "duplicate":  # the original copy went through: nothing is lost
+                self.report.events.append(f"duplicate of frames {ids[0]}.. not sent (send timeout)")
             else:  # nobody took it within the send timeout: a real detector drops and says so
                 self.report.frames_dropped_at_source.extend(ids)
                 dropped += len(ids)

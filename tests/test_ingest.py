@@ -314,3 +314,124 @@ def test_loop_repeats_the_series_under_new_ids(tmp_path):
             runner.join(10)
     assert [s.series_id for s in summaries[:2]] == ["lp", "lp-r1"]
     assert all(s.accounting["received"] == 128 for s in summaries[:2])
+
+
+# ---- regressions from review: hostile input must never stop the receiver
+
+from simed_stream.protocol import encode_frames, encode_series_end, encode_series_start  # noqa: E402
+
+START = {
+    "unique_id": "u", "detector": {"model": "t", "sig_shape": [8, 8], "dtype": "<u2", "bit_depth": 12,
+                                   "pixel_pitch_um": 55.0},
+    "scan": {"nav_shape": [1, 8], "pattern": "raster", "frames_per_position": 1, "dwell_s": 0.001, "step_A": 1.0,
+             "rotation_deg": 0.0, "frames_expected": 8},
+    "optics": {}, "microscope": {}, "trigger_mode": "internal", "encoding": "raw", "user_data": {},
+}
+
+
+class RawSender:
+    """A bare PUSH socket sending hand-made messages to a Receiver."""
+
+    def __init__(self, endpoint):
+        self.context = zmq.Context()
+        self.push = self.context.socket(zmq.PUSH)
+        self.push.bind(endpoint)
+        self.seq = 0
+
+    def send(self, parts):
+        self.push.send_multipart([bytes(p) for p in parts])
+
+    def frames(self, sid, ids, nx=8):
+        ids = np.asarray(ids, np.uint64)
+        scan = np.stack([np.zeros(len(ids)), ids.astype(np.int64) % nx], axis=1).astype(np.int32)
+        pixels = (np.arange(len(ids))[:, None, None] * 0 + ids.astype(np.uint16)[:, None, None] * 100
+                  + np.ones((len(ids), 8, 8), np.uint16))
+        self.seq += 1
+        return encode_frames(sid, self.seq, ids, scan, ids * 10, pixels.astype("<u2"))
+
+    def close(self):
+        self.push.close(0)
+        self.context.term()
+
+
+def _wait(predicate, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_hostile_headers_are_rejected_and_the_receiver_carries_on(tmp_path):
+    endpoint = free_endpoint()
+    sender = RawSender(endpoint)
+    hostile = [
+        [b"[" * 100000 + b"]" * 100000],
+        [b'{"protocol": "simed-stream/1", "htype": "frames", "msg_seq": ' + b"9" * 5000 + b"}"],
+        [encode_header({"protocol": "simed-stream/1", "htype": [], "msg_seq": 1, "series_id": "s"})],
+        [encode_header({"protocol": "simed-stream/1", "htype": "frames", "msg_seq": 1, "series_id": "s",
+                        "first_frame_id": 2**64, "count": 1, "shape": [2**32, 2**32], "dtype": []})],
+        encode_series_start("huge", 1, START | {"detector": START["detector"] | {"sig_shape": [65536, 65536]}}),
+        encode_series_start("neg", 1, START | {"scan": START["scan"] | {"pattern": "list", "frames_expected": -1}}),
+        [b"x"] * 41,
+    ]
+    with Receiver(settings_for(tmp_path, endpoint)) as rx:
+        for parts in hostile:
+            sender.send(parts)
+        sender.send(encode_series_start("ok", 0, START))
+        sender.send(sender.frames("ok", range(8)))
+        sender.send(encode_series_end("ok", 9, "complete", 8, 0))
+        summary = rx.wait_for_series(1, 10)[0]
+        status = rx.status()
+        assert rx.error is None and status["internal_errors"] == 0
+        assert status["rejected_messages"] == len(hostile)
+    sender.close()
+    assert summary.accounting["received"] == 8
+
+
+def test_a_message_spanning_more_positions_than_the_pool_sums_correctly(tmp_path):
+    endpoint = free_endpoint()
+    sender = RawSender(endpoint)
+    with Receiver(settings_for(tmp_path, endpoint, max_pending_positions=4)) as rx:
+        sender.send(encode_series_start("ev", 0, START))
+        sender.send(sender.frames("ev", range(8)))
+        sender.send(encode_series_end("ev", 9, "complete", 8, 0))
+        summary = rx.wait_for_series(1, 10)[0]
+    sender.close()
+    with h5py.File(summary.path) as f:
+        sums, frames = f["positions/sum"][:], f["frames"][:]
+        counts = f["positions/frame_count"][:]
+    for position in range(8):
+        if counts[position]:
+            np.testing.assert_array_equal(sums[position], frames[position])  # never two frames in one slot
+    assert counts.sum() == 8
+
+
+def test_capture_names_never_collide_and_open_series_are_bounded(tmp_path):
+    endpoint = free_endpoint()
+    sender = RawSender(endpoint)
+    with Receiver(settings_for(tmp_path, endpoint, max_open_series=2)) as rx:
+        for sid in ("x/y", "x_y", "third"):
+            sender.send(encode_series_start(sid, 0, START))
+        assert _wait(lambda: rx.status()["rejected_messages"] == 1)  # the third: two are open already
+        assert set(rx.status()["open_series"]) == {"x/y", "x_y"}
+    sender.close()
+    names = sorted(p.name for p in (tmp_path / "captures").glob("*.h5"))
+    assert names == ["x_y-2.h5", "x_y.h5"]
+
+
+def test_partially_duplicated_message_replays_verbatim(tmp_path):
+    endpoint = free_endpoint()
+    sender = RawSender(endpoint)
+    with Receiver(settings_for(tmp_path, endpoint)) as rx:
+        sender.send(encode_series_start("pd", 0, START))
+        sent = [sender.frames("pd", [0, 1, 2, 3]), sender.frames("pd", [2, 3, 4, 5]), sender.frames("pd", [6, 7])]
+        for parts in sent:
+            sender.send(parts)
+        sender.send(encode_series_end("pd", 9, "complete", 8, 0))
+        summary = rx.wait_for_series(1, 10)[0]
+    sender.close()
+    assert summary.accounting["duplicates"] == 2 and summary.accounting["received"] == 8
+    replayed = [payload for htype, _, payload in capture_series(summary.path).messages if htype == "frames"]
+    for original, (ids, scan_yx, stamps, pixels) in zip(sent, replayed):
+        np.testing.assert_array_equal(ids, np.frombuffer(bytes(original[1]), "<u8"))
+        assert bytes(np.ascontiguousarray(pixels)) == bytes(original[4])

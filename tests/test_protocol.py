@@ -60,7 +60,7 @@ def test_headers_are_deterministic_json_with_the_protocol():
 
 
 @pytest.mark.parametrize("mutate, reason", [
-    (lambda p: [b"\xff\xfe not json"] + p[1:], "not a JSON header"),
+    (lambda p: [b"\xff\xfe not json"] + p[1:], "not a usable JSON header"),
     (lambda p: [encode_header(json.loads(p[0]) | {"protocol": "other/2"})] + p[1:], "protocol"),
     (lambda p: [encode_header(json.loads(p[0]) | {"htype": "image"})] + p[1:], "unknown htype"),
     (lambda p: [encode_header(json.loads(p[0]) | {"msg_seq": -1})] + p[1:], "msg_seq"),
