@@ -5,8 +5,12 @@ The exit wave of a weak phase object is ψ ≈ 1 + iσV, so away from the direct
 diffraction amplitude is |FFT(σV)|: we retrieve the real, non-negative v = σV from the
 Friedel-symmetrised amplitudes. The object grid is the diffraction's box (pixel 1/box in
 reciprocal space) sampled at the image pixel, so the central field is directly the image grid.
-The low-res image gives three things: the support (where the molecule is), and, through a
-Wiener deconvolution of its CTF, starting phases that fix origin and twin.
+The low-res image gives the support (where the molecule is), starting phases (a Wiener
+deconvolution of its CTF) and, at the end, origin and twin: amplitudes cannot tell an object
+from its translated or point-inverted copy, and HIO often converges to one of those; the
+result is aligned to the low-res estimate by cross-correlation in the band it carries. Without
+that step FRCs against the truth looked like failures (15–40 Å) on solutions that were right
+(1.4–1.5 Å after alignment).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class HIOSettings:
     shrinkwrap_every: int = 20
     shrinkwrap_sigma_px: tuple[float, float] = (3.0, 1.5)  # blur, from start to end
     shrinkwrap_threshold: float = 0.04  # of the blurred maximum
-    support_dilation_A: float = 4.0
+    support_dilation_A: float = 6.0
 
 
 def measured_amplitudes(diffraction: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -139,6 +143,35 @@ def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
             sigma = settings.shrinkwrap_sigma_px[0] + fraction * (settings.shrinkwrap_sigma_px[1] - settings.shrinkwrap_sigma_px[0])
             blurred = ndimage.gaussian_filter(np.maximum(v, 0), sigma)
             support = outer & (blurred > settings.shrinkwrap_threshold * blurred.max())
+    v = align_to(np.maximum(v, 0), low_res_start(image_lr, geometry), geometry)
     n, size = geometry.grid_px, geometry.image_size_px
     start_px = n // 2 - size // 2
-    return np.maximum(v, 0)[start_px : start_px + size, start_px : start_px + size]
+    return v[start_px : start_px + size, start_px : start_px + size]
+
+
+def align_to(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Undo the ambiguities the amplitudes cannot fix — translation and point inversion
+    (the twin) — by cross-correlating with the low-res estimate in the band it carries.
+    Sub-pixel: a parabola through the correlation peak, applied as a Fourier shift."""
+    n = v.shape[0]
+    k = _frequencies(n, geometry.image_pixel_A)
+    band = k <= geometry.cutoff_lr_mrad * 1e-3 / geometry.wavelength_A
+    reference_spectrum = np.fft.fft2(reference) * band
+    best = None
+    for candidate in (v, np.roll(v[::-1, ::-1], 1, axis=(0, 1))):
+        spectrum = np.fft.fft2(candidate)
+        correlation = np.fft.ifft2(reference_spectrum * np.conj(spectrum * band)).real
+        peak = np.unravel_index(int(correlation.argmax()), correlation.shape)
+        if best is None or correlation[peak] > best[0]:
+            best = (correlation[peak], spectrum, peak, correlation)
+    _, spectrum, peak, correlation = best
+    shift = []
+    for axis, index in enumerate(peak):
+        before = correlation[tuple((index - 1) % n if a == axis else peak[a] for a in range(2))]
+        after = correlation[tuple((index + 1) % n if a == axis else peak[a] for a in range(2))]
+        curvature = before - 2 * correlation[peak] + after
+        offset = 0.5 * (before - after) / curvature if curvature < 0 else 0.0
+        shift.append(((index + offset + n / 2) % n) - n / 2)
+    f = np.fft.fftfreq(n)
+    phase_ramp = np.exp(-2j * np.pi * (f[:, None] * shift[0] + f[None, :] * shift[1]))
+    return np.fft.ifft2(spectrum * phase_ramp).real
