@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate(commands)
     _add_detector(commands)
     _add_receive(commands)
+    _add_train(commands)
     _add_demo(commands)
     return parser
 
@@ -239,6 +240,22 @@ def _receive(args) -> int:
                     status["queue_depth"], status["queue_capacity"], status["lag_s"], ", ".join(status["open_series"]) or "-")
         except KeyboardInterrupt:
             print("receive: stopping; open series are closed with what was received", file=sys.stderr)
+    return 0
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser("train", help="train DiffraGAN on simulated triplets",
+                                description="Train the phaser from a YAML configuration (see models/train-cpu.yaml); "
+                                "rerunning resumes from the run folder's checkpoint.")
+    train.add_argument("--config", required=True, metavar="FILE.yaml")
+    train.set_defaults(handler=_train)
+
+
+def _train(args) -> int:
+    from simed_stream.phasing.training import load_train_config, train
+
+    model = train(load_train_config(args.config))
+    print(f"train: model written to {model} (card beside it)")
     return 0
 
 

@@ -60,10 +60,12 @@ def measured_amplitudes(diffraction: np.ndarray, geometry: Geometry) -> tuple[np
     pattern) scaled to numpy's unnormalised DFT of σV, where it is measured (0 < k ≤ max) and
     where the data say nothing (k > max: kept at zero, a band-limited estimate)."""
     n = geometry.grid_px
-    side = diffraction.shape[0]
-    if side > n:
-        raise ValueError(f"diffraction of {side} px does not fit the {n}-px object grid")
     symmetric = 0.5 * (diffraction + diffraction[::-1, ::-1])
+    side = symmetric.shape[0]
+    if side > n:  # the image pixel cannot carry the outermost angles: keep what the grid holds
+        centre = side // 2
+        symmetric = symmetric[centre - n // 2 : centre + (n + 1) // 2 - 1, centre - n // 2 : centre + (n + 1) // 2 - 1]
+        side = symmetric.shape[0]
     padded = np.zeros((n, n))
     start = n // 2 - side // 2
     padded[start : start + side, start : start + side] = np.sqrt(np.maximum(symmetric, 0.0)) * n * n

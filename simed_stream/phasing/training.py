@@ -1,0 +1,294 @@
+"""`simed train`: DiffraGAN training on simulated triplets, with a protein-level split.
+
+Losses: a reconstruction term — MSE on a spectrally whitened error (each Fourier ring weighted
+by the inverse of the targets' mean amplitude there, so high resolution counts as much as low;
+plain L1 on normalised targets collapsed to zero in earlier trials) — plus λ × the PatchGAN's
+BCE. With `consistency: true` the generator's output passes the data-consistency projection, so
+the measured diffraction constrains every output. Adam(β1 = 0.5). Seeded, resumable
+(checkpoint.pt holds networks, optimisers and step), CUDA with mixed precision when present.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import h5py
+import numpy as np
+import torch
+from pydantic import Field
+
+from simed_stream.config import StrictModel, read_yaml_mapping, validate_config
+from simed_stream.errors import SimedError
+from simed_stream.metrics import frc
+from simed_stream.phasing.classical import Geometry, measured_amplitudes
+from simed_stream.phasing.network import PatchDiscriminator, UNetGenerator, data_consistency
+from simed_stream.phasing.preprocess import INPUT_CHANNELS, TARGET_SCALES, model_inputs, model_target
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfig(StrictModel):
+    datasets: list[str] = Field(..., description="triplet files from `simed simulate dataset`, each with a .classical.h5 beside it")
+    validation_proteins: list[str] = Field(..., description="protein names held out of training")
+    out: str = Field(..., description="run folder")
+    target: Literal["potential", "image_hr"] = "potential"
+    consistency: bool = Field(True, description="data-consistency projection on the generator output (potential only)")
+    seed: int = 0
+    steps: int = Field(2000, gt=0)
+    batch_size: int = Field(16, gt=0)
+    learning_rate: float = Field(2e-4, gt=0)
+    beta1: float = 0.5
+    lambda_adversarial: float = Field(0.01, ge=0, description="weight of the PatchGAN BCE against the reconstruction")
+    width: int = Field(32, gt=0)
+    depth: int = Field(4, gt=0)
+    patch_layers: int = Field(2, gt=0, description="stride-2 layers of the discriminator: 2 → 16-px patches")
+    checkpoint_every: int = Field(200, gt=0)
+    sample_every: int = Field(200, gt=0)
+    validation_samples: int = Field(32, gt=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_minutes: Optional[float] = Field(None, gt=0, description="stop (and checkpoint) after this wall time")
+
+
+class TripletData:
+    """Arrays of one or more datasets in memory, with their classical results and geometry."""
+
+    def __init__(self, paths: list[str], target: str):
+        parts = {key: [] for key in ("image_lr", "classical", "diffraction", "target", "protein")}
+        self.geometry = None
+        for path in paths:
+            sidecar = Path(path).with_suffix(".classical.h5")
+            if not sidecar.exists():
+                raise SimedError(f"{sidecar} is missing: run tools/precompute_classical.py {path} first")
+            with h5py.File(path, "r") as f, h5py.File(sidecar, "r") as c:
+                if not (f["done"][:].all() and c["done"][:].all()):
+                    raise SimedError(f"{path} or its classical results are incomplete")
+                geometry = Geometry.from_attrs(f.attrs)
+                if self.geometry not in (None, geometry):
+                    raise SimedError(f"{path} has another geometry than the first dataset")
+                self.geometry = geometry
+                names = [n.decode() if isinstance(n, bytes) else n for n in f["protein_name"][:]]
+                parts["image_lr"].append(f["image_lr"][:])
+                parts["classical"].append(c["classical"][:])
+                parts["diffraction"].append(f["diffraction"][:])
+                sample = {"potential": f["potential"][:], "image_hr": f["image_hr"][:]}
+                parts["target"].append(model_target(sample, target)[0][:, None])
+                parts["protein"].extend(names[i] for i in f["protein_id"][:])
+        self.image_lr = np.concatenate(parts["image_lr"])
+        self.classical = np.concatenate(parts["classical"])
+        self.diffraction = np.concatenate(parts["diffraction"])
+        self.target = np.concatenate(parts["target"])
+        self.protein = np.array(parts["protein"])
+
+    def batch(self, indices: np.ndarray, device, with_consistency: bool, target: str) -> dict:
+        inputs = np.stack([model_inputs(self.image_lr[i], self.classical[i]) for i in indices])
+        batch = {"inputs": torch.as_tensor(inputs, device=device), "target": torch.as_tensor(self.target[indices], device=device)}
+        if with_consistency:
+            n = self.geometry.grid_px
+            amplitudes, knowns = [], []
+            for i in indices:
+                amplitude, known, _ = measured_amplitudes(self.diffraction[i].astype(np.float64), self.geometry)
+                amplitudes.append(amplitude[:, : n // 2 + 1] / TARGET_SCALES[target])
+                knowns.append(known[:, : n // 2 + 1])
+            batch["amplitude"] = torch.as_tensor(np.stack(amplitudes), dtype=torch.float32, device=device)
+            batch["known"] = torch.as_tensor(np.stack(knowns), device=device)
+        return batch
+
+
+def ring_weights(targets: np.ndarray) -> np.ndarray:
+    """Per-coefficient weights 1/√(mean power of the targets' ring): a whitened error."""
+    size = targets.shape[-1]
+    k = np.fft.fftfreq(size) * size
+    rings = np.rint(np.hypot(k[:, None], k[None, :])).astype(int)
+    power = (np.abs(np.fft.fft2(targets[:, 0])) ** 2).mean(axis=0)
+    mean = np.bincount(rings.ravel(), power.ravel()) / np.bincount(rings.ravel())
+    weights = 1.0 / np.sqrt(np.maximum(mean[rings], mean.max() * 1e-8))
+    return (weights / weights.mean()).astype(np.float32)
+
+
+def whitened_mse(output: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    error = torch.fft.fft2((output - target)[:, 0].float())
+    return (error.abs() ** 2 * weights**2).mean() / error.shape[-1] ** 2
+
+
+def build_generator(config: TrainConfig) -> UNetGenerator:
+    return UNetGenerator(len(INPUT_CHANNELS), 1, config.width, config.depth)
+
+
+def train(config: TrainConfig) -> Path:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if config.device == "auto" else config.device)
+    if config.consistency and config.target != "potential":
+        raise SimedError("consistency needs target: potential (the diffraction constrains σV, not the hr image)")
+    data = TripletData(config.datasets, config.target)
+    unknown = set(config.validation_proteins) - set(data.protein)
+    if unknown:
+        raise SimedError(f"validation proteins not in the datasets: {sorted(unknown)}")
+    train_idx = np.flatnonzero(~np.isin(data.protein, config.validation_proteins))
+    val_idx = np.flatnonzero(np.isin(data.protein, config.validation_proteins))
+    if not len(train_idx) or not len(val_idx):
+        raise SimedError("the split leaves no training or no validation samples")
+    val_idx = rng.permutation(val_idx)[: config.validation_samples]
+    generator, discriminator = build_generator(config).to(device), PatchDiscriminator(len(INPUT_CHANNELS), layers=config.patch_layers).to(device)
+    opt_g = torch.optim.Adam(generator.parameters(), config.learning_rate, betas=(config.beta1, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), config.learning_rate, betas=(config.beta1, 0.999))
+    weights = torch.as_tensor(ring_weights(data.target[train_idx[:256]]), device=device)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    step = 0
+    checkpoint = out / "checkpoint.pt"
+    identity = config.model_dump_json(exclude={"steps", "max_minutes", "out"})
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if state["identity"] != identity:
+            raise SimedError(f"{checkpoint} belongs to another configuration; use another `out`")
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        step = int(state["step"])
+        rng = np.random.default_rng([config.seed, step])
+        log.info("resuming from step %d", step)
+    bce = torch.nn.BCEWithLogitsLoss()
+    metrics_path = out / "metrics.csv"
+    new_file = not metrics_path.exists()
+    started = time.monotonic()
+    from tqdm import tqdm
+
+    with open(metrics_path, "a", newline="") as metrics_file:
+        writer = csv.writer(metrics_file)
+        if new_file:
+            writer.writerow(["step", "reconstruction", "generator_adversarial", "discriminator", "samples_per_s",
+                             "val_reconstruction", "val_frc05_A"])
+        bar = tqdm(total=config.steps, initial=step, unit="step", disable=None)
+        while step < config.steps:
+            tick = time.monotonic()
+            indices = rng.choice(train_idx, config.batch_size, replace=False)
+            batch = data.batch(indices, device, config.consistency, config.target)
+            with torch.autocast(device.type, enabled=amp):
+                output = generator(batch["inputs"])
+            if config.consistency:
+                output = data_consistency(output.float(), batch["amplitude"], batch["known"], data.geometry.grid_px)
+            # discriminator: real (inputs, target) against fake (inputs, output)
+            with torch.autocast(device.type, enabled=amp):
+                real = discriminator(batch["inputs"], batch["target"])
+                fake = discriminator(batch["inputs"], output.detach())
+                loss_d = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
+            opt_d.zero_grad(set_to_none=True)
+            scaler.scale(loss_d).backward()
+            scaler.step(opt_d)
+            # generator: reconstruction + λ adversarial
+            with torch.autocast(device.type, enabled=amp):
+                judged = discriminator(batch["inputs"], output)
+                loss_adv = bce(judged, torch.ones_like(judged))
+            loss_rec = whitened_mse(output, batch["target"], weights)
+            loss_g = loss_rec + config.lambda_adversarial * loss_adv
+            opt_g.zero_grad(set_to_none=True)
+            scaler.scale(loss_g).backward()
+            scaler.step(opt_g)
+            scaler.update()
+            step += 1
+            bar.update()
+            rate = config.batch_size / max(time.monotonic() - tick, 1e-9)
+            row = [step, f"{loss_rec.item():.5g}", f"{loss_adv.item():.4g}", f"{loss_d.item():.4g}", f"{rate:.1f}", "", ""]
+            out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                val_loss, val_frc = validate(generator, data, val_idx, config, device, weights)
+                row[5:] = [f"{val_loss:.5g}", f"{val_frc:.3f}"]
+                bar.set_postfix(val_frc05_A=f"{val_frc:.2f}")
+                save_checkpoint(checkpoint, generator, discriminator, opt_g, opt_d, step, identity)
+                export_model(out, generator, config, data, step, val_frc, time.monotonic() - started)
+            if step % config.sample_every == 0:
+                write_samples(out / f"samples-{step:06d}.png", generator, data, val_idx[:4], config, device)
+            writer.writerow(row)
+            metrics_file.flush()
+            if out_of_time:
+                log.info("max_minutes reached at step %d; rerun to continue", step)
+                break
+        bar.close()
+    return out / "model.pt"
+
+
+@torch.no_grad()
+def predict(generator, data: TripletData, indices, config: TrainConfig, device) -> torch.Tensor:
+    generator.eval()
+    batch = data.batch(np.asarray(indices), device, config.consistency, config.target)
+    output = generator(batch["inputs"]).float()
+    if config.consistency:
+        output = data_consistency(output, batch["amplitude"], batch["known"], data.geometry.grid_px)
+    generator.train()
+    return output
+
+
+def validate(generator, data, val_idx, config, device, weights) -> tuple[float, float]:
+    losses, resolutions = [], []
+    for start in range(0, len(val_idx), config.batch_size):
+        indices = val_idx[start : start + config.batch_size]
+        output = predict(generator, data, indices, config, device)
+        target = torch.as_tensor(data.target[indices], device=device)
+        losses.append(whitened_mse(output, target, weights).item())
+        for o, t in zip(output.cpu().numpy()[:, 0], data.target[indices][:, 0]):
+            resolutions.append(frc(o, t, data.geometry.image_pixel_A).resolution_A(0.5))
+    return float(np.mean(losses)), float(np.nanmean(resolutions))
+
+
+def save_checkpoint(path: Path, generator, discriminator, opt_g, opt_d, step: int, identity: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step, "identity": identity}, tmp)
+    tmp.replace(path)
+
+
+def export_model(out: Path, generator, config: TrainConfig, data: TripletData, step: int, val_frc: float,
+                 seconds: float) -> None:
+    """model.pt (generator state_dict only; load with weights_only=True) and its model card."""
+    model_path = out / "model.pt"
+    tmp = model_path.with_suffix(".tmp")
+    torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, tmp)
+    tmp.replace(model_path)
+    card = {
+        "format": "simed-diffragan/1",
+        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "architecture": {"name": "UNetGenerator", "in_channels": list(INPUT_CHANNELS), "width": config.width,
+                         "depth": config.depth},
+        "target": config.target, "target_scale": TARGET_SCALES[config.target], "consistency": config.consistency,
+        "geometry": data.geometry.__dict__,
+        "training": {"datasets": config.datasets, "proteins": sorted(set(data.protein) - set(config.validation_proteins)),
+                     "validation_proteins": config.validation_proteins, "steps": step,
+                     "batch_size": config.batch_size, "seconds": round(seconds, 1),
+                     "device": str(next(generator.parameters()).device), "validation_frc05_A": round(val_frc, 3)},
+        "config": json.loads(config.model_dump_json()),
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2))
+
+
+def write_samples(path: Path, generator, data: TripletData, indices, config: TrainConfig, device) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output = predict(generator, data, indices, config, device).cpu().numpy()[:, 0]
+    fig, axes = plt.subplots(len(indices), 4, figsize=(10, 2.6 * len(indices)), squeeze=False)
+    for row, (i, o) in enumerate(zip(indices, output)):
+        for col, (image, title) in enumerate(((data.image_lr[i], "low-res input"), (data.classical[i], "classical"),
+                                              (o, "DiffraGAN"), (data.target[i][0], f"target ({config.target})"))):
+            axes[row, col].imshow(image, cmap="gray")
+            axes[row, col].set_title(title, fontsize=8)
+            axes[row, col].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def load_train_config(path: str) -> TrainConfig:
+    return validate_config(TrainConfig, read_yaml_mapping(path), path)
