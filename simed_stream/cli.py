@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector(commands)
     _add_receive(commands)
     _add_train(commands)
+    _add_evaluate(commands)
     _add_demo(commands)
     return parser
 
@@ -256,6 +257,41 @@ def _train(args) -> int:
 
     model = train(load_train_config(args.config))
     print(f"train: model written to {model} (card beside it)")
+    return 0
+
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "diffragan-cpu" / "model.pt"
+
+
+def _add_evaluate(commands) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", help="score the phaser against the low-res input and classical phasing",
+        description="FRC, SSIM and Fourier R-factor per sample and protein for the model, the low-res input, "
+        "classical phasing and a shuffled-diffraction control; writes report.json, frc.png, gallery.png.")
+    evaluate.add_argument("--model", type=Path, default=None, help=f"model.pt (default: the shipped {DEFAULT_MODEL.parent.name})")
+    evaluate.add_argument("--dataset", type=Path, required=True, metavar="FILE.h5")
+    evaluate.add_argument("--out", type=Path, required=True, metavar="DIR")
+    evaluate.add_argument("--samples", type=int, default=8, help="orientations per protein (default 8)")
+    evaluate.add_argument("--json", action="store_true", help="print the report's means as JSON")
+    evaluate.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from simed_stream.phasing.evaluation import evaluate
+
+    model = args.model or DEFAULT_MODEL
+    if not args.dataset.is_file():
+        raise SimedError(f"dataset {args.dataset} does not exist")
+    report = evaluate(model, args.dataset, args.out, args.samples)
+    if args.json:
+        print(json.dumps({"mean": report["mean"], "median": report["median"]}))
+    else:
+        for method, value in report["mean"]["frc05_A"].items():
+            print(f"{method:>14}: FRC0.5 {value:6.2f} Å   SSIM {report['mean']['ssim'][method]:.3f}   "
+                  f"Fourier R {report['mean']['fourier_r'][method]:.3f}")
+        print(f"report: {args.out / 'report.json'}")
     return 0
 
 

@@ -60,3 +60,17 @@ def test_low_res_support_holds_most_of_the_molecule(sample):
     support = low_res_support(data["image_lr"], geometry, dilation_A=6.0)
     assert truth[support].sum() > 0.9 * truth.sum()
     assert support.sum() < 0.25 * support.size
+
+
+def test_amplitudes_stay_centred_when_the_grid_cannot_hold_the_whole_pattern():
+    """A coarse image pixel keeps fewer angles than were measured: the crop must not shift them."""
+    geometry = Geometry(box_A=60.0, image_pixel_A=60 / 72, image_size_px=72, wavelength_A=0.02508,
+                        defocus_lr_A=-1000.0, cutoff_lr_mrad=5.0, max_angle_mrad=20.0)
+    rng = np.random.default_rng(0)
+    obj = np.zeros((97, 97))
+    obj[40:57, 40:57] = rng.uniform(0, 1, (17, 17))
+    pattern = np.abs(np.fft.fftshift(np.fft.fft2(obj))) ** 2  # 97 px, direct beam at 48
+    amplitude, known, _ = measured_amplitudes(pattern, geometry)
+    expected = np.sqrt(pattern)[48 - 35 : 48 + 36, 48 - 35 : 48 + 36]  # the central 71 px
+    shifted = np.fft.fftshift(amplitude)[1:, 1:] / 72**2
+    np.testing.assert_allclose(shifted, expected * (shifted.max() / expected.max()), rtol=1e-6)

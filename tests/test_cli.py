@@ -5,7 +5,7 @@ import pytest
 
 from simed_stream.cli import build_parser, main
 
-SUBCOMMANDS = [["simulate"], ["simulate", "dataset"], ["simulate", "preview"], ["detector"], ["receive"], ["train"], ["demo"]]
+SUBCOMMANDS = [["simulate"], ["simulate", "dataset"], ["simulate", "preview"], ["detector"], ["receive"], ["train"], ["evaluate"], ["demo"]]
 
 
 def test_help_lists_the_subcommands(capsys):

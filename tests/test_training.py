@@ -74,3 +74,21 @@ def test_cli_train_reads_yaml(tmp_path, tiny_dataset):
     result = subprocess.run([sys.executable, "-m", "simed_stream.cli", "train", "--config", str(path)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "learnig_rate" in result.stderr and "learning_rate" in result.stderr
+
+
+def test_evaluate_scores_every_method_and_writes_the_report(tmp_path, tiny_dataset):
+    from simed_stream.phasing.classical import HIOSettings
+    from simed_stream.phasing.evaluation import METHODS, evaluate
+
+    model = train(_config(tmp_path, tiny_dataset, steps=2))
+    report = evaluate(model, tiny_dataset, tmp_path / "eval", samples_per_protein=2,
+                      hio=HIOSettings(hio_iterations=40, er_iterations=10))
+    assert report["samples"] == 4 and report["proteins_seen_in_training"] == ["1bpi"]
+    for key in ("frc05_A", "ssim", "fourier_r"):
+        assert set(report["mean"][key]) == set(METHODS)
+    assert set(report["per_protein"]) == {"1bpi", "1ubq"}
+    assert all(0 <= r["fourier_r"]["classical"] < 2 for r in report["per_sample"])
+    for name in ("report.json", "frc.png", "gallery.png"):
+        assert (tmp_path / "eval" / name).stat().st_size > 100
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["mean"]["frc05_A"]["gan"] == pytest.approx(report["mean"]["frc05_A"]["gan"], nan_ok=True)

@@ -63,8 +63,8 @@ def measured_amplitudes(diffraction: np.ndarray, geometry: Geometry) -> tuple[np
     symmetric = 0.5 * (diffraction + diffraction[::-1, ::-1])
     side = symmetric.shape[0]
     if side > n:  # the image pixel cannot carry the outermost angles: keep what the grid holds
-        centre = side // 2
-        symmetric = symmetric[centre - n // 2 : centre + (n + 1) // 2 - 1, centre - n // 2 : centre + (n + 1) // 2 - 1]
+        centre, half = side // 2, (n - 1) // 2  # an odd crop, the direct beam still in its centre
+        symmetric = symmetric[centre - half : centre + half + 1, centre - half : centre + half + 1]
         side = symmetric.shape[0]
     padded = np.zeros((n, n))
     start = n // 2 - side // 2
