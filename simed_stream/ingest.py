@@ -158,9 +158,8 @@ class Receiver:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, drain_s: float = 0.5) -> list[SeriesSummary]:
+    def stop(self) -> list[SeriesSummary]:
         """Stop receiving, process what is queued, close every open series."""
-        time.sleep(0)  # let a just-arrived message reach the queue
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)

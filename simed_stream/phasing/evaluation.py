@@ -21,7 +21,7 @@ from simed_stream.errors import SimedError
 from simed_stream.metrics import fourier_r_factor, frc, ssim
 from simed_stream.phasing.classical import Geometry, HIOSettings, low_res_start, measured_amplitudes, phase
 from simed_stream.phasing.network import UNetGenerator, data_consistency
-from simed_stream.phasing.preprocess import INPUT_CHANNELS, TARGET_SCALES, model_inputs, model_target
+from simed_stream.phasing.preprocess import TARGET_SCALES, model_inputs, model_target
 
 log = logging.getLogger(__name__)
 METHODS = ("gan", "lowres_input", "classical", "gan_shuffled")
