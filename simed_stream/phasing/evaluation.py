@@ -93,6 +93,9 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, sampl
             log.warning("proteins %s were used in training: their scores do not measure generalisation", seen)
         sidecar_path = Path(dataset).with_suffix(".classical.h5")
         sidecar = h5py.File(sidecar_path, "r") if sidecar_path.exists() else None
+        if sidecar is not None:  # the control's classical run must use the same settings as the stored ones
+            stored = json.loads(sidecar.attrs["identity"])["settings"]
+            hio = HIOSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
         rows = []
         for p, name in enumerate(names):
             members = np.flatnonzero(protein_id == p)
