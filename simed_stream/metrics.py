@@ -15,6 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def spatial_frequencies(shape: tuple[int, int], pixel_A: float) -> np.ndarray:
+    """|k| in 1/Å for each coefficient of an unshifted 2-D DFT."""
+    ky = np.fft.fftfreq(shape[0], d=pixel_A)
+    kx = np.fft.fftfreq(shape[1], d=pixel_A)
+    return np.hypot(ky[:, None], kx[None, :])
+
+
 def ring_index(shape: tuple[int, int]) -> np.ndarray:
     """round(|k|) in Fourier pixels for each coefficient of an unshifted 2-D FFT of a square image."""
     n = shape[0]

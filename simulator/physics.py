@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simed_stream.errors import StructureError
+from simed_stream.metrics import spatial_frequencies
 from simulator.config import SimulationConfig
 from simulator.orientations import rotate
 from simulator.structure import PreparedStructure
@@ -160,13 +161,6 @@ def fourier_resample(image: np.ndarray, size: int) -> np.ndarray:
     spectrum = np.fft.fftshift(np.fft.fft2(image))
     spectrum = crop_center(spectrum, size)
     return np.fft.ifft2(np.fft.ifftshift(spectrum)).real * (size / n) ** 2
-
-
-def spatial_frequencies(shape: tuple[int, int], pixel_A: float) -> np.ndarray:
-    """|k| in 1/Å for each coefficient of an unshifted 2-D DFT."""
-    ky = np.fft.fftfreq(shape[0], d=pixel_A)
-    kx = np.fft.fftfreq(shape[1], d=pixel_A)
-    return np.hypot(ky[:, None], kx[None, :])
 
 
 def apply_envelope(image: np.ndarray, pixel_A: float, cutoff_inv_A: float, edge_inv_A: float) -> np.ndarray:

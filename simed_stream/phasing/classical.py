@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft, ndimage
 
+from simed_stream.metrics import spatial_frequencies
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -70,15 +72,10 @@ def measured_amplitudes(diffraction: np.ndarray, geometry: Geometry) -> tuple[np
     start = n // 2 - side // 2
     padded[start : start + side, start : start + side] = np.sqrt(np.maximum(symmetric, 0.0)) * n * n
     amplitude = np.fft.ifftshift(padded)
-    k = _frequencies(n, geometry.image_pixel_A)
+    k = spatial_frequencies((n, n), geometry.image_pixel_A)
     known = (k > 0) & (k <= geometry.max_angle_mrad * 1e-3 / geometry.wavelength_A)
     beyond = k > geometry.max_angle_mrad * 1e-3 / geometry.wavelength_A
     return amplitude, known, beyond
-
-
-def _frequencies(n: int, pixel_A: float) -> np.ndarray:
-    f = np.fft.fftfreq(n, d=pixel_A)
-    return np.hypot(f[:, None], f[None, :])
 
 
 def low_res_start(image_lr: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -87,7 +84,7 @@ def low_res_start(image_lr: np.ndarray, geometry: Geometry) -> np.ndarray:
     Weak phase: I ≈ 1 + v ⊗ h with H(k) = −2 sin(πλΔf k²) inside the low-res cutoff (abTEM's
     defocus sign: positive = underfocus, where atoms look dark)."""
     n, size = geometry.grid_px, geometry.image_size_px
-    k = _frequencies(size, geometry.image_pixel_A)
+    k = spatial_frequencies((size, size), geometry.image_pixel_A)
     ctf = -2 * np.sin(np.pi * geometry.wavelength_A * geometry.defocus_lr_A * k**2)
     ctf[k > geometry.cutoff_lr_mrad * 1e-3 / geometry.wavelength_A] = 0.0
     contrast = image_lr - np.median(image_lr)
@@ -121,7 +118,8 @@ def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
     `support` (object grid) replaces the one estimated from the low-res image (for tests)."""
     amplitude, known, beyond = (a[:, : a.shape[1] // 2 + 1] for a in measured_amplitudes(diffraction, geometry))
     outer = low_res_support(image_lr, geometry, settings.support_dilation_A) if support is None else support
-    start = fft.rfft2(low_res_start(image_lr, geometry))
+    wiener = low_res_start(image_lr, geometry)
+    start = fft.rfft2(wiener)
     phases = np.exp(1j * np.angle(start))
     if rng is not None:  # random phases where the low-res image carries none
         far = np.abs(start) < 1e-6 * np.abs(start).max()
@@ -145,7 +143,7 @@ def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
             sigma = settings.shrinkwrap_sigma_px[0] + fraction * (settings.shrinkwrap_sigma_px[1] - settings.shrinkwrap_sigma_px[0])
             blurred = ndimage.gaussian_filter(np.maximum(v, 0), sigma)
             support = outer & (blurred > settings.shrinkwrap_threshold * blurred.max())
-    v = align_to(np.maximum(v, 0), low_res_start(image_lr, geometry), geometry)
+    v = align_to(np.maximum(v, 0), wiener, geometry)
     n, size = geometry.grid_px, geometry.image_size_px
     start_px = n // 2 - size // 2
     return v[start_px : start_px + size, start_px : start_px + size]
@@ -156,7 +154,7 @@ def align_to(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> np.nda
     (the twin) — by cross-correlating with the low-res estimate in the band it carries.
     Sub-pixel: a parabola through the correlation peak, applied as a Fourier shift."""
     n = v.shape[0]
-    k = _frequencies(n, geometry.image_pixel_A)
+    k = spatial_frequencies((n, n), geometry.image_pixel_A)
     band = k <= geometry.cutoff_lr_mrad * 1e-3 / geometry.wavelength_A
     reference_spectrum = np.fft.fft2(reference) * band
     best = None

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from simed_stream.errors import SimedError
-from simed_stream.metrics import fourier_r_factor, frc, ssim
+from simed_stream.metrics import fourier_r_factor, frc, spatial_frequencies, ssim
 from simed_stream.phasing.classical import Geometry, HIOSettings, low_res_start, measured_amplitudes, phase
 from simed_stream.phasing.network import UNetGenerator, data_consistency
 from simed_stream.phasing.preprocess import TARGET_SCALES, model_inputs, model_target
@@ -68,8 +68,7 @@ def _sigma_v_r_factor(sigma_v: np.ndarray, diffraction: np.ndarray, geometry: Ge
     start = n // 2 - size // 2
     padded[start : start + size, start : start + size] = sigma_v
     amplitude, known, _ = measured_amplitudes(diffraction, geometry)
-    f = np.fft.fftfreq(n, d=geometry.image_pixel_A)
-    k = np.hypot(f[:, None], f[None, :])
+    k = spatial_frequencies((n, n), geometry.image_pixel_A)
     r = fourier_r_factor(np.abs(np.fft.fft2(padded))[known], amplitude[known], k[known], SHELLS_INV_A)
     return float(np.nanmean(r))
 

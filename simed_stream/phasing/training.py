@@ -25,7 +25,7 @@ from pydantic import Field
 
 from simed_stream.config import StrictModel, read_yaml_mapping, validate_config
 from simed_stream.errors import SimedError
-from simed_stream.metrics import frc
+from simed_stream.metrics import frc, ring_index
 from simed_stream.phasing.classical import Geometry, measured_amplitudes
 from simed_stream.phasing.network import PatchDiscriminator, UNetGenerator, data_consistency
 from simed_stream.phasing.preprocess import INPUT_CHANNELS, TARGET_SCALES, model_inputs, model_target
@@ -102,9 +102,7 @@ class TripletData:
 
 def ring_weights(targets: np.ndarray) -> np.ndarray:
     """Per-coefficient weights 1/√(mean power of the targets' ring): a whitened error."""
-    size = targets.shape[-1]
-    k = np.fft.fftfreq(size) * size
-    rings = np.rint(np.hypot(k[:, None], k[None, :])).astype(int)
+    rings = ring_index(targets.shape[-2:])
     power = (np.abs(np.fft.fft2(targets[:, 0])) ** 2).mean(axis=0)
     mean = np.bincount(rings.ravel(), power.ravel()) / np.bincount(rings.ravel())
     weights = 1.0 / np.sqrt(np.maximum(mean[rings], mean.max() * 1e-8))
