@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_receive(commands)
     _add_train(commands)
     _add_evaluate(commands)
+    _add_reprocess(commands)
     _add_demo(commands)
     return parser
 
@@ -68,6 +69,21 @@ def _add_simulate(commands) -> None:
     dataset.add_argument("--chain", help="chain to simulate (default A)")
     dataset.add_argument("--preview", type=Path, metavar="PNG", help="also write a preview PNG of the first samples")
     dataset.set_defaults(handler=_simulate_dataset)
+
+    scan = kinds.add_parser(
+        "scan", help="a synthetic specimen scan (capture file) from a triplets dataset",
+        description="Place particles of a simulated dataset in a scanned patch: diffraction frames per scan "
+        "position (Poisson counts, descan drift, hot pixels), an overview image, and the ground truth. The result "
+        "is a capture (`simed detector --capture` replays it, `simed reprocess` phases it).")
+    scan.add_argument("--dataset", type=Path, required=True, metavar="TRIPLETS.h5")
+    scan.add_argument("--scan-shape", type=_shape, default=(12, 12), metavar="HxW", help="scan positions (default 12x12)")
+    scan.add_argument("--particles", type=int, default=10, metavar="P", help="particles in the patch (default 10)")
+    scan.add_argument("--frames-per-position", type=int, default=2, metavar="F")
+    scan.add_argument("--electrons-per-position", type=float, default=1e11, metavar="E",
+                      help="dose per scan position (default 1e11: what phasing needs, see docs/simulation.md)")
+    scan.add_argument("--seed", type=int, default=0, metavar="S")
+    scan.add_argument("--out", type=Path, required=True, metavar="CAPTURE.h5")
+    scan.set_defaults(handler=_simulate_scan)
 
     preview = kinds.add_parser("preview", help="PNG of the first samples of a dataset",
                                description="Write a PNG showing the first finished samples of a dataset.")
@@ -295,6 +311,57 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _add_chain_options(parser) -> None:
+    """Options of the particle chain, shared by `reprocess`, `run`, `replay` and `demo`."""
+    parser.add_argument("--model", type=Path, default=None, help="model.pt (default: the shipped diffragan-cpu)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--diameter-A", type=float, default=40.0, help="particle diameter for picking (default 40)")
+    parser.add_argument("--threshold", type=float, default=5.0, help="pick threshold in background sigmas (default 5)")
+    parser.add_argument("--min-coverage", type=float, default=1.0,
+                        help="fraction of a position's frames needed to phase a particle (default 1)")
+    parser.add_argument("--batch-size", type=int, default=16, help="particles per phasing batch and .mrcs (default 16)")
+
+
+def chain_settings(args):
+    from simed_stream.localise import PickSettings
+    from simed_stream.pipeline import ChainSettings
+
+    if not 0 < args.min_coverage <= 1:
+        raise SimedError("--min-coverage must be in (0, 1]")
+    if args.batch_size < 1:
+        raise SimedError("--batch-size must be at least 1")
+    return ChainSettings(PickSettings(diameter_A=args.diameter_A, threshold_sigma=args.threshold),
+                         min_coverage=args.min_coverage, batch_size=args.batch_size)
+
+
+def _add_reprocess(commands) -> None:
+    reprocess = commands.add_parser(
+        "reprocess", help="phase the particles of recorded captures into a RELION-ready stack",
+        description="Offline, the same stages as live: pick particles in each capture's overview, match them to "
+        "scan positions, phase them, and write DIR/<series>/ with particles_NNNN.mrcs, particles.star, "
+        "picks.json, result.json and report.png. Captures are only read.")
+    reprocess.add_argument("captures", type=Path, nargs="+", metavar="CAPTURE.h5")
+    reprocess.add_argument("--out", type=Path, required=True, metavar="DIR")
+    _add_chain_options(reprocess)
+    reprocess.add_argument("--json", action="store_true", help="print the results as JSON")
+    reprocess.set_defaults(handler=_reprocess)
+
+
+def _reprocess(args) -> int:
+    import json
+
+    from simed_stream.pipeline import reprocess_captures
+
+    settings = chain_settings(args)
+    results = reprocess_captures(args.captures, args.out, args.model or DEFAULT_MODEL, settings, args.device)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results]))
+    for r in results:
+        print(f"reprocess: {r.series_id}: {r.status}; {r.picks} picks, {r.phased} phased"
+              + "".join(f", {n} flagged ({why})" for why, n in r.flagged.items()) + f" -> {r.out_dir}")
+    return 0 if all(r.status == "phased" for r in results) else 1
+
+
 def _add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="run the main job on bundled data",
                                description="Simulate a bundled protein (ubiquitin) and write a preview PNG.")
@@ -319,6 +386,19 @@ def _simulate_dataset(args) -> int:
     logging.getLogger("simed").info("wrote %s", out)
     if args.preview:
         _write_preview(out, args.preview, 4)
+    return 0
+
+
+def _simulate_scan(args) -> int:
+    from simulator.scan import ScanSettings, simulate_scan
+
+    if not args.dataset.is_file():
+        raise SimedError(f"dataset {args.dataset} does not exist")
+    settings = ScanSettings(scan_shape=args.scan_shape, particles=args.particles,
+                            frames_per_position=args.frames_per_position,
+                            electrons_per_position=args.electrons_per_position, seed=args.seed)
+    out = simulate_scan(args.dataset, args.out, settings)
+    print(f"simulate scan: wrote {out} ({args.particles} particles, {args.scan_shape[0]}x{args.scan_shape[1]} scan)")
     return 0
 
 

@@ -15,62 +15,15 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
 from simed_stream.errors import SimedError
-from simed_stream.metrics import fourier_r_factor, frc, spatial_frequencies, ssim
-from simed_stream.phasing.classical import Geometry, HIOSettings, low_res_start, measured_amplitudes, phase
-from simed_stream.phasing.network import UNetGenerator, data_consistency
-from simed_stream.phasing.preprocess import TARGET_SCALES, model_inputs, model_target
+from simed_stream.metrics import frc, ssim
+from simed_stream.phasing.classical import Geometry, HIOSettings, low_res_start, phase
+from simed_stream.phasing.inference import Phaser, sigma_v_fourier_r
+from simed_stream.phasing.preprocess import TARGET_SCALES, model_target
 
 log = logging.getLogger(__name__)
 METHODS = ("gan", "lowres_input", "classical", "gan_shuffled")
-SHELLS_INV_A = np.array([0.0, 0.2, 0.4, 0.6, 0.8])
-
-
-class Phaser:
-    """A trained generator with its model card: physical inputs in, target units out."""
-
-    def __init__(self, model_path: str | Path, device: str = "auto"):
-        model_path = Path(model_path)
-        card_path = model_path.with_name("model_card.json") if model_path.with_name("model_card.json").exists() \
-            else model_path.with_suffix(".json")
-        if not model_path.is_file() or not card_path.is_file():
-            raise SimedError(f"model {model_path} or its card {card_path} does not exist")
-        self.card = json.loads(card_path.read_text())
-        arch = self.card["architecture"]
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   "cpu" if device == "auto" else device)
-        self.generator = UNetGenerator(len(arch["in_channels"]), 1, arch["width"], arch["depth"]).to(self.device)
-        self.generator.load_state_dict(torch.load(model_path, map_location=self.device, weights_only=True))
-        self.generator.eval()
-        self.geometry = Geometry(**self.card["geometry"])
-        self.target = self.card["target"]
-
-    @torch.no_grad()
-    def __call__(self, images_lr: np.ndarray, classicals: np.ndarray, diffractions: np.ndarray) -> np.ndarray:
-        inputs = torch.as_tensor(np.stack([model_inputs(l, c) for l, c in zip(images_lr, classicals)]), device=self.device)
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            output = self.generator(inputs).float()
-        if self.card["consistency"]:
-            n = self.geometry.grid_px
-            parts = [measured_amplitudes(d.astype(np.float64), self.geometry) for d in diffractions]
-            amplitude = torch.as_tensor(np.stack([a[:, : n // 2 + 1] for a, _, _ in parts]) / TARGET_SCALES[self.target],
-                                        dtype=torch.float32, device=self.device)
-            known = torch.as_tensor(np.stack([k[:, : n // 2 + 1] for _, k, _ in parts]), device=self.device)
-            output = data_consistency(output, amplitude, known, n)
-        return output.cpu().numpy()[:, 0]
-
-
-def _sigma_v_r_factor(sigma_v: np.ndarray, diffraction: np.ndarray, geometry: Geometry) -> float:
-    n, size = geometry.grid_px, sigma_v.shape[0]
-    padded = np.zeros((n, n))
-    start = n // 2 - size // 2
-    padded[start : start + size, start : start + size] = sigma_v
-    amplitude, known, _ = measured_amplitudes(diffraction, geometry)
-    k = spatial_frequencies((n, n), geometry.image_pixel_A)
-    r = fourier_r_factor(np.abs(np.fft.fft2(padded))[known], amplitude[known], k[known], SHELLS_INV_A)
-    return float(np.nanmean(r))
 
 
 def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, samples_per_protein: int = 8,
@@ -131,7 +84,7 @@ def _score(f, sidecar, i: int, donor: int, name: str, phaser: Phaser, geometry: 
         row["frc_curve"][method] = curve.frc.tolist()
         row["frc05_A"][method] = curve.resolution_A(0.5)
         row["ssim"][method] = ssim(image, target)
-        row["fourier_r"][method] = _sigma_v_r_factor(sigma_v[method], diffraction, geometry)
+        row["fourier_r"][method] = sigma_v_fourier_r(sigma_v[method], diffraction, geometry)
     row["frequency_inv_A"] = curve.frequency_inv_A.tolist()
     row["images"] = {"lowres_input": lr, "classical": classical / scale, "gan": out[0], "target": target}
     return row

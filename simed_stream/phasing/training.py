@@ -61,6 +61,7 @@ class TripletData:
     def __init__(self, paths: list[str], target: str):
         parts = {key: [] for key in ("image_lr", "classical", "diffraction", "target", "protein")}
         self.geometry = None
+        self.classical_settings = None  # what made the classical input: live inference must repeat it
         for path in paths:
             sidecar = Path(path).with_suffix(".classical.h5")
             if not sidecar.exists():
@@ -72,6 +73,10 @@ class TripletData:
                 if self.geometry not in (None, geometry):
                     raise SimedError(f"{path} has another geometry than the first dataset")
                 self.geometry = geometry
+                settings = json.loads(c.attrs["identity"])["settings"]
+                if self.classical_settings not in (None, settings):
+                    raise SimedError(f"{sidecar} was computed with other classical settings than the first dataset's")
+                self.classical_settings = settings
                 names = [n.decode() if isinstance(n, bytes) else n for n in f["protein_name"][:]]
                 parts["image_lr"].append(f["image_lr"][:])
                 parts["classical"].append(c["classical"][:])
@@ -259,7 +264,7 @@ def export_model(out: Path, generator, config: TrainConfig, data: TripletData, s
         "architecture": {"name": "UNetGenerator", "in_channels": list(INPUT_CHANNELS), "width": config.width,
                          "depth": config.depth},
         "target": config.target, "target_scale": TARGET_SCALES[config.target], "consistency": config.consistency,
-        "geometry": data.geometry.__dict__,
+        "geometry": data.geometry.__dict__, "classical": data.classical_settings,
         "training": {"datasets": config.datasets, "proteins": sorted(set(data.protein) - set(config.validation_proteins)),
                      "validation_proteins": config.validation_proteins, "steps": step,
                      "batch_size": config.batch_size, "seconds": round(seconds, 1),

@@ -1,0 +1,170 @@
+"""From picks in the overview to phasing-ready particles: scan matching, diffraction and crops.
+
+An overview pixel maps to a scan position through the inverse of the series' affine
+(scan (y, x, 1) → overview (row, col)); the beam footprint is one scan step, so the position
+nearest the particle's centre is the one whose frames saw it. Its summed frame is masked (bad
+pixels from the detector's mask → mean of their neighbours), cut out around the measured beam
+centre (whole pixels: the direct beam sits on one pixel), and normalised to the fraction of
+electrons per pixel — the form `simed simulate dataset` stores and the phaser was trained on.
+The low-res crop is the overview's image field around the pick.
+
+Particles that cannot be phased honestly are flagged with the reason, never silently used:
+outside the scan, missing frames (coverage below the minimum), no beam found, too close to the
+detector's or the overview's edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simed_stream.errors import SimedError
+from simed_stream.kernels import apply_pixel_mask
+from simed_stream.phasing.classical import Geometry
+
+
+@dataclass(frozen=True)
+class ScanCalibration:
+    nav_shape: tuple[int, int]
+    frames_per_position: int
+    sig_shape: tuple[int, int]
+    mrad_per_px: float
+    energy_eV: float
+    overview_pixel_A: float
+    affine: np.ndarray  # 2×3, scan (y, x, 1) → overview (row, col)
+
+    @classmethod
+    def from_headers(cls, series_start: dict, overview_header: dict) -> "ScanCalibration":
+        try:
+            return cls(tuple(series_start["scan"]["nav_shape"]), int(series_start["scan"]["frames_per_position"]),
+                       tuple(series_start["detector"]["sig_shape"]), float(series_start["optics"]["mrad_per_px"]),
+                       float(series_start["optics"]["energy_eV"]), float(overview_header["pixel_size_A"]),
+                       np.asarray(overview_header["affine_scan_to_overview"], np.float64))
+        except (KeyError, TypeError, ValueError) as error:
+            raise SimedError(f"the series lacks calibration the phaser needs: {error!r} "
+                             "(optics.mrad_per_px, optics.energy_eV, the overview's pixel size and affine)") from None
+
+    def overview_to_scan(self, yx_px: np.ndarray) -> np.ndarray:
+        """(n, 2) overview (row, col) → (n, 2) fractional scan (y, x)."""
+        linear, offset = self.affine[:, :2], self.affine[:, 2]
+        return np.linalg.solve(linear, (np.atleast_2d(yx_px) - offset).T).T
+
+    def check_model(self, geometry: Geometry, tolerance: float = 0.01) -> None:
+        """Refuse data the model cannot interpret: another angular or image sampling, or energy."""
+        model_mrad = 1e3 * geometry.wavelength_A / geometry.box_A
+        problems = []
+        if abs(self.mrad_per_px / model_mrad - 1) > tolerance:
+            problems.append(f"diffraction sampling {self.mrad_per_px:.4g} mrad/px vs the model's {model_mrad:.4g}")
+        if abs(self.overview_pixel_A / geometry.image_pixel_A - 1) > tolerance:
+            problems.append(f"overview pixel {self.overview_pixel_A:.4g} Å vs the model's {geometry.image_pixel_A:.4g} Å")
+        if abs(wavelength_A(self.energy_eV) / geometry.wavelength_A - 1) > tolerance:
+            problems.append(f"beam energy {self.energy_eV / 1e3:.0f} keV does not give the model's wavelength "
+                            f"{geometry.wavelength_A:.4g} Å")
+        if problems:
+            raise SimedError("the capture's calibration does not match the model: " + "; ".join(problems)
+                             + ". Use a model trained for this calibration (see its model card).")
+
+
+def wavelength_A(energy_eV: float) -> float:
+    """Relativistic electron wavelength."""
+    m0c2_eV, hc_eV_A = 510998.95, 12398.419843
+    return hc_eV_A / np.sqrt(energy_eV * (2 * m0c2_eV + energy_eV))
+
+
+@dataclass
+class Particle:
+    index: int
+    yx_overview_px: tuple[float, float]
+    score: float
+    scan_yx: tuple[int, int] | None = None
+    coverage: float = 0.0
+    beam_centre_yx: tuple[float, float] | None = None
+    flag: str | None = None  # why it is not phased; None = phaseable
+    diffraction: np.ndarray | None = field(default=None, repr=False)
+    image_lr: np.ndarray | None = field(default=None, repr=False)
+
+
+def pattern_side_px(geometry: Geometry, mrad_per_px: float) -> int:
+    """Odd side of the cut-out pattern: up to the model's largest angle, the direct beam central."""
+    return 2 * int(np.ceil(geometry.max_angle_mrad / mrad_per_px - 1e-6)) + 1
+
+
+def match_to_scan(yx_overview_px: np.ndarray, calibration: ScanCalibration) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 2) integer scan positions nearest each pick, and whether it lies inside the scan."""
+    scan = np.rint(calibration.overview_to_scan(yx_overview_px)).astype(np.int64)
+    ny, nx = calibration.nav_shape
+    inside = (scan[:, 0] >= 0) & (scan[:, 0] < ny) & (scan[:, 1] >= 0) & (scan[:, 1] < nx)
+    return scan, inside
+
+
+def cut_pattern(position_sum: np.ndarray, beam_centre_yx, side_px: int, bad_pixels: np.ndarray | None) -> np.ndarray | None:
+    """The centred pattern as a fraction of the electrons per pixel, or None if it leaves the detector."""
+    frame = np.asarray(position_sum)
+    if bad_pixels is not None and bad_pixels.any():
+        frame = apply_pixel_mask(frame, bad_pixels)
+    frame = frame.astype(np.float64)
+    cy, cx = (int(round(c)) for c in beam_centre_yx)
+    half = side_px // 2
+    if cy - half < 0 or cx - half < 0 or cy + half >= frame.shape[0] or cx + half >= frame.shape[1]:
+        return None
+    pattern = frame[cy - half : cy + half + 1, cx - half : cx + half + 1]
+    total = pattern.sum()
+    return pattern / total if total > 0 else None
+
+
+def crop_overview(overview: np.ndarray, yx_px, size_px: int) -> np.ndarray | None:
+    """The size_px² field centred on the pick (the image centre pixel is size/2), None at the edge."""
+    r0, c0 = (int(round(v)) - size_px // 2 for v in yx_px)
+    if r0 < 0 or c0 < 0 or r0 + size_px > overview.shape[0] or c0 + size_px > overview.shape[1]:
+        return None
+    return np.asarray(overview[r0 : r0 + size_px, c0 : c0 + size_px], np.float64)
+
+
+def prepare_particles(picks_yx: np.ndarray, scores: np.ndarray, overview: np.ndarray, calibration: ScanCalibration,
+                      geometry: Geometry, positions, bad_pixels: np.ndarray | None,
+                      min_coverage: float = 1.0) -> list[Particle]:
+    """Match picks to scan positions and prepare their inputs.
+
+    `positions(flat_index)` returns (summed frame, frames counted, beam centre (y, x), valid) — from
+    a capture's `positions/` group offline, from the receiver's sums live."""
+    side = pattern_side_px(geometry, calibration.mrad_per_px)
+    scan, inside = match_to_scan(picks_yx, calibration)
+    nx = calibration.nav_shape[1]
+    particles = []
+    for i, (yx, score) in enumerate(zip(np.atleast_2d(picks_yx), scores)):
+        p = Particle(i, (float(yx[0]), float(yx[1])), float(score))
+        particles.append(p)
+        if not inside[i]:
+            p.flag = "outside the scan"
+            continue
+        p.scan_yx = (int(scan[i, 0]), int(scan[i, 1]))
+        frame, counted, centre, valid = positions(p.scan_yx[0] * nx + p.scan_yx[1])
+        p.coverage = counted / calibration.frames_per_position
+        if p.coverage < min_coverage:
+            p.flag = f"missing frames: coverage {p.coverage:.2f} < {min_coverage:.2f}"
+            continue
+        if centre is None or not np.all(np.isfinite(centre)) or not valid:
+            p.flag = "no direct beam found at its scan position"
+            continue
+        p.beam_centre_yx = (float(centre[0]), float(centre[1]))
+        p.diffraction = cut_pattern(frame, centre, side, bad_pixels)
+        if p.diffraction is None:
+            p.flag = "pattern cut by the detector edge (or no counts)"
+            continue
+        p.image_lr = crop_overview(overview, yx, geometry.image_size_px)
+        if p.image_lr is None:
+            p.flag = "too close to the overview's edge for a full crop"
+    return particles
+
+
+def check_overview(overview: np.ndarray, calibration: ScanCalibration) -> None:
+    """The scanned patch must land inside the overview: else the affine or the image is wrong."""
+    ny, nx = calibration.nav_shape
+    corners = np.array([[0, 0, 1], [0, nx - 1, 1], [ny - 1, 0, 1], [ny - 1, nx - 1, 1]], np.float64)
+    mapped = corners @ calibration.affine.T
+    h, w = overview.shape
+    if (mapped < -0.5).any() or (mapped[:, 0] > h - 0.5).any() or (mapped[:, 1] > w - 0.5).any():
+        raise SimedError(f"overview/scan mismatch: the {ny}x{nx} scan maps to overview pixels "
+                         f"{mapped.min(0).round(1).tolist()}..{mapped.max(0).round(1).tolist()}, outside the "
+                         f"{h}x{w} overview (check the affine)")

@@ -1,0 +1,136 @@
+"""A shipped phaser at work: classical phasing then the network, on physical inputs.
+
+`Phaser` loads a checkpoint (`weights_only=True`) with its model card and runs the network on
+batches (GPU with mixed precision when present). `ParticlePhaser` is what the pipeline calls:
+per particle the classical run with the settings the model was trained with (the card's
+`classical`), then the network in one batch, and the Fourier R-factor of the result against
+the particle's own measured diffraction — the quality number that needs no ground truth.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from simed_stream.errors import SimedError
+from simed_stream.metrics import fourier_r_factor, spatial_frequencies
+from simed_stream.phasing.classical import Geometry, HIOSettings, measured_amplitudes, phase
+from simed_stream.phasing.network import UNetGenerator, data_consistency
+from simed_stream.phasing.preprocess import TARGET_SCALES, model_inputs
+
+#: shells (1/Å) of the Fourier R-factor; the mean over them is the per-particle number
+SHELLS_INV_A = np.array([0.0, 0.2, 0.4, 0.6, 0.8])
+
+
+def select_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SimedError(f"device {device!r} asked for but CUDA is not available here")
+    return torch.device(device)
+
+
+class Phaser:
+    """A trained generator with its model card: physical inputs in, target units out."""
+
+    def __init__(self, model_path: str | Path, device: str = "auto"):
+        model_path = Path(model_path)
+        card_path = model_path.with_name("model_card.json")
+        if not model_path.is_file() or not card_path.is_file():
+            raise SimedError(f"model {model_path} or its card {card_path} does not exist")
+        try:
+            self.card = json.loads(card_path.read_text())
+            arch = self.card["architecture"]
+            self.geometry = Geometry(**self.card["geometry"])
+            self.target = self.card["target"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise SimedError(f"{card_path} is not a simed model card: {error}") from None
+        self.device = select_device(device)
+        self.generator = UNetGenerator(len(arch["in_channels"]), 1, arch["width"], arch["depth"]).to(self.device)
+        try:
+            state = torch.load(model_path, map_location=self.device, weights_only=True)
+            self.generator.load_state_dict(state)
+        except Exception as error:  # a corrupt or foreign file: say which
+            raise SimedError(f"cannot load {model_path} as this card's {arch['name']}: {error}") from None
+        self.generator.eval()
+        stored = self.card.get("classical")
+        self.classical = None if stored is None else HIOSettings(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+
+    @property
+    def sha256(self) -> str:
+        return self.card.get("sha256", "")
+
+    @torch.no_grad()
+    def __call__(self, images_lr: np.ndarray, classicals: np.ndarray, diffractions: np.ndarray) -> np.ndarray:
+        inputs = torch.as_tensor(np.stack([model_inputs(l, c) for l, c in zip(images_lr, classicals)]), device=self.device)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            output = self.generator(inputs).float()
+        if self.card["consistency"]:
+            n = self.geometry.grid_px
+            parts = [measured_amplitudes(d.astype(np.float64), self.geometry) for d in diffractions]
+            amplitude = torch.as_tensor(np.stack([a[:, : n // 2 + 1] for a, _, _ in parts]) / TARGET_SCALES[self.target],
+                                        dtype=torch.float32, device=self.device)
+            known = torch.as_tensor(np.stack([k[:, : n // 2 + 1] for _, k, _ in parts]), device=self.device)
+            output = data_consistency(output, amplitude, known, n)
+        return output.cpu().numpy()[:, 0]
+
+
+def sigma_v_fourier_r(sigma_v: np.ndarray, diffraction: np.ndarray, geometry: Geometry) -> float:
+    """Mean over shells of the Fourier R-factor of a σV image against the measured pattern."""
+    n, size = geometry.grid_px, sigma_v.shape[0]
+    padded = np.zeros((n, n))
+    start = n // 2 - size // 2
+    padded[start : start + size, start : start + size] = sigma_v
+    amplitude, known, _ = measured_amplitudes(diffraction, geometry)
+    k = spatial_frequencies((n, n), geometry.image_pixel_A)
+    r = fourier_r_factor(np.abs(np.fft.fft2(padded))[known], amplitude[known], k[known], SHELLS_INV_A)
+    return float(np.nanmean(r))
+
+
+@dataclass
+class PhasedBatch:
+    sigma_v: np.ndarray  # (n, S, S) σV in rad (target `potential`) or the hr intensity (`image_hr`)
+    classical: np.ndarray  # (n, S, S) σV of the classical run
+    fourier_r: np.ndarray  # (n,)
+    seconds_classical: float
+    seconds_network: float
+
+
+class ParticlePhaser:
+    """Classical run + network + Fourier check for batches of particles."""
+
+    def __init__(self, model_path: str | Path, device: str = "auto", pool=None):
+        self.phaser = Phaser(model_path, device)
+        if self.phaser.classical is None:
+            raise SimedError(f"the card of {model_path} does not say which classical settings the model was "
+                             "trained with (`classical`); it cannot phase live data")
+        self.geometry = self.phaser.geometry
+        self.pool = pool  # an executor for the classical runs (they dominate the cost)
+
+    def __call__(self, diffractions: np.ndarray, images_lr: np.ndarray) -> PhasedBatch:
+        started = time.perf_counter()
+        jobs = [(d, l, self.geometry, self.phaser.classical) for d, l in zip(diffractions, images_lr)]
+        if self.pool is not None:
+            classical = np.stack(list(self.pool.map(_classical, jobs)))
+        else:
+            classical = np.stack([_classical(job) for job in jobs])
+        middle = time.perf_counter()
+        output = self.phaser(images_lr, classical, diffractions)
+        value = output * TARGET_SCALES[self.phaser.target]
+        if self.phaser.target == "image_hr":
+            value = value + 1.0
+        fourier_r = np.array([sigma_v_fourier_r(v if self.phaser.target == "potential" else c, d, self.geometry)
+                              for v, c, d in zip(value, classical, diffractions)])
+        return PhasedBatch(value.astype(np.float32), classical.astype(np.float32), fourier_r,
+                           middle - started, time.perf_counter() - middle)
+
+
+def _classical(job) -> np.ndarray:
+    diffraction, image_lr, geometry, settings = job
+    return phase(np.asarray(diffraction, np.float64), np.asarray(image_lr, np.float64), geometry, settings)
