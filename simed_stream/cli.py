@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_reprocess(commands)
+    _add_live(commands)
     _add_demo(commands)
     return parser
 
@@ -362,13 +363,186 @@ def _reprocess(args) -> int:
     return 0 if all(r.status == "phased" for r in results) else 1
 
 
+def _live_config_model():
+    from typing import Literal, Optional
+
+    from pydantic import Field
+
+    from simed_stream.config import StrictModel
+    from simed_stream.protocol import DEFAULT_DATA_ENDPOINT
+
+    class Picking(StrictModel):
+        diameter_A: float = Field(40.0, gt=0)
+        threshold_sigma: float = Field(5.0, gt=0)
+
+    class Live(StrictModel):
+        out: Path
+        data_endpoint: str = DEFAULT_DATA_ENDPOINT
+        model: Optional[Path] = None
+        device: Literal["auto", "cpu", "cuda"] = "auto"
+        picking: Picking = Picking()
+        min_coverage: float = Field(1.0, gt=0, le=1)
+        batch_size: int = Field(16, gt=0)
+        batch_latency_s: float = Field(1.0, gt=0)
+        overview_timeout_s: float = Field(10.0, gt=0)
+        series_timeout_s: float = Field(10.0, gt=0)
+        max_series: Optional[int] = Field(None, gt=0, description="stop after this many series (default: until Ctrl-C)")
+
+    return Live
+
+
+def _add_live(commands) -> None:
+    run = commands.add_parser(
+        "run", help="the live pipeline beside the microscope",
+        description="Connect to the detector's data socket; ingest and capture every series, pick, match and "
+        "phase its particles as they come, and keep a RELION-ready stack per series, until Ctrl-C. "
+        "Writes OUT/captures/, OUT/<series>/ and OUT/status.json (about once a second).")
+    run.add_argument("--config", required=True, metavar="live.yaml", help="settings (see docs/live.md)")
+    run.set_defaults(handler=_run)
+
+    replay = commands.add_parser(
+        "replay", help="a recorded capture through the live path",
+        description="Start a paced fake detector on the capture (on a private local socket) and run the live "
+        "pipeline on it; or, with --data, connect to a detector that is already replaying it.")
+    replay.add_argument("capture", type=Path, metavar="CAPTURE.h5")
+    replay.add_argument("--out", type=Path, required=True, metavar="DIR")
+    replay.add_argument("--rate", type=_rate, default="recorded", help="recorded (default), max or frames per second")
+    replay.add_argument("--data", default=None, help="connect to this endpoint instead of starting a detector")
+    _add_chain_options(replay)
+    replay.set_defaults(handler=_replay)
+
+
+def _print_status(status: dict) -> None:
+    from simed_stream.live import status_line
+
+    end = "\r" if sys.stderr.isatty() else "\n"
+    print(status_line(status), end=end, file=sys.stderr, flush=True)
+
+
+def _run(args) -> int:
+    from simed_stream.config import read_yaml_mapping, validate_config
+    from simed_stream.live import LivePipeline, LiveSettings
+    from simed_stream.localise import PickSettings
+    from simed_stream.pipeline import ChainSettings
+
+    config = validate_config(_live_config_model(), read_yaml_mapping(args.config), args.config)
+    _warn_if_not_loopback(config.data_endpoint)
+    chain = ChainSettings(PickSettings(diameter_A=config.picking.diameter_A,
+                                       threshold_sigma=config.picking.threshold_sigma),
+                          min_coverage=config.min_coverage, batch_size=config.batch_size)
+    settings = LiveSettings(config.out, config.model or DEFAULT_MODEL, config.data_endpoint, config.device, chain,
+                            config.batch_latency_s, config.overview_timeout_s, config.series_timeout_s)
+    return _run_live(LivePipeline(settings, max_series=config.max_series, on_status=_print_status))
+
+
+def _run_live(pipeline) -> int:
+    import signal
+
+    previous = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())  # Ctrl-C: stop cleanly, keep everything
+    try:
+        results = pipeline.run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(file=sys.stderr)
+    for r in results:
+        print(f"series {r.series_id}: {r.status}; {r.picks} picks, {r.phased} phased"
+              + "".join(f", {n} flagged ({why})" for why, n in r.flagged.items()) + f" -> {r.out_dir}")
+    print(f"status: {pipeline.out_dir / 'status.json'}")
+    return 0 if results and all(r.status == "phased" for r in results) and not pipeline.errors else 1
+
+
+def replay_capture(capture: Path, out: Path, chain, model: Path, device: str = "auto", rate="recorded",
+                   data_endpoint: str | None = None, on_status=None):
+    """Stream a capture through the live pipeline; returns the pipeline (results, status) when done."""
+    import tempfile
+    import threading
+
+    from simed_stream.live import LivePipeline, LiveSettings
+    from simulator.detector import FakeDetector, capture_series
+
+    if not capture.is_file():
+        raise SimedError(f"capture {capture} does not exist")
+    try:
+        source = capture_series(capture)
+    except (ValueError, OSError, KeyError) as error:
+        raise SimedError(f"cannot replay {capture}: {error}") from None
+    with tempfile.TemporaryDirectory(prefix="simed-replay-") as tmp:
+        endpoint = data_endpoint or f"ipc://{tmp}/data.sock"
+        settings = LiveSettings(out, model, endpoint, device, chain, overview_timeout_s=5.0)
+        pipeline = LivePipeline(settings, max_series=1, on_status=on_status)
+        if data_endpoint is not None:
+            _run_live(pipeline)
+            return pipeline
+        failure = []
+
+        def stream():
+            try:
+                with FakeDetector(endpoint, control_endpoint=None, rate_fps=rate,
+                                  max_message_bytes=settings.max_message_bytes) as detector:
+                    detector.run([source])
+            except Exception as error:  # reported below; the pipeline times the series out
+                failure.append(error)
+
+        thread = threading.Thread(target=stream, name="simed-replay-detector", daemon=True)
+        thread.start()
+        _run_live(pipeline)
+        thread.join(timeout=30)
+        if failure:
+            raise SimedError(f"the replaying detector failed: {failure[0]}")
+        return pipeline
+
+
+def _replay(args) -> int:
+    pipeline = replay_capture(args.capture, args.out, chain_settings(args), args.model or DEFAULT_MODEL, args.device,
+                              args.rate, args.data, _print_status)
+    return 0 if pipeline.results and all(r.status == "phased" for r in pipeline.results) else 1
+
+
 def _add_demo(commands) -> None:
-    demo = commands.add_parser("demo", help="run the main job on bundled data",
-                               description="Simulate a bundled protein (ubiquitin) and write a preview PNG.")
+    demo = commands.add_parser(
+        "demo", help="the whole live chain on bundled data (under 2 minutes on 2 cores)",
+        description="Simulate ubiquitin (bundled, never used in training) in a few orientations, place the "
+        "particles in a synthetic 10x10 scan, stream it from the fake detector through the live pipeline with the "
+        "shipped model, and write the stack, STAR, status.json and report.")
     demo.add_argument("--out", type=Path, default=Path("simed-demo"), metavar="DIR", help="output directory")
-    demo.add_argument("--orientations", type=int, default=4)
-    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--particles", type=int, default=8)
+    demo.add_argument("--workers", type=int, default=2, help="simulation processes (default 2)")
+    demo.add_argument("--model", type=Path, default=None, help="model.pt (default: the shipped diffragan-cpu)")
     demo.set_defaults(handler=_demo)
+
+
+def _demo(args) -> int:
+    import time
+
+    from simed_stream.pipeline import ChainSettings
+    from simulator import BUNDLED_DATA
+    from simulator.config import load_simulation_config
+    from simulator.dataset import DatasetRequest, simulate_dataset
+    from simulator.scan import ScanSettings, simulate_scan
+
+    started = time.monotonic()
+    model = args.model or DEFAULT_MODEL
+    if not model.is_file():
+        raise SimedError(f"model {model} does not exist (a fresh clone ships it under models/)")
+    data = args.out / "inputs"
+    data.mkdir(parents=True, exist_ok=True)
+    dataset = data / "ubiquitin-cpu.h5"
+    print(f"demo: 1/3 simulating {args.particles} orientations of ubiquitin with abTEM -> {dataset}", flush=True)
+    config = load_simulation_config("cpu")
+    simulate_dataset(DatasetRequest([BUNDLED_DATA / "1ubq.pdb"], args.particles, 1, dataset, config, args.workers,
+                                    progress=False))
+    scan = data / f"scan-{time.strftime('%Y%m%d-%H%M%S')}.h5"
+    print(f"demo: 2/3 placing them in a 10x10 scan with an overview image -> {scan}", flush=True)
+    simulate_scan(dataset, scan, ScanSettings(scan_shape=(10, 10), particles=args.particles, seed=1))
+    run_dir = args.out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"demo: 3/3 streaming it from the fake detector (2000 frames/s) through the live pipeline -> {run_dir}",
+          flush=True)
+    pipeline = replay_capture(scan, run_dir, ChainSettings(), model, "auto", 2000.0, None, _print_status)
+    for r in pipeline.results:
+        print(f"demo: {r.status}: {r.phased} of {r.picks} picked particles phased into {r.out_dir}/particles.star")
+        print(f"demo: report {r.out_dir}/report.png, status {run_dir}/status.json")
+    print(f"demo: done in {time.monotonic() - started:.0f} s")
+    return 0 if pipeline.results and all(r.status == "phased" for r in pipeline.results) else 1
 
 
 def _simulate_dataset(args) -> int:
@@ -418,22 +592,6 @@ def _write_preview(dataset: Path, png: Path, samples: int) -> None:
         raise SimedError(f"cannot preview {dataset}: {error}") from None
     logging.getLogger("simed").info("wrote %s", png)
 
-
-def _demo(args) -> int:
-    from simulator import BUNDLED_DATA
-    from simulator.config import load_simulation_config
-    from simulator.dataset import DatasetRequest, simulate_dataset
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    config = load_simulation_config("cpu")
-    dataset = args.out / "ubiquitin-cpu.h5"
-    request = DatasetRequest([BUNDLED_DATA / "1ubq.pdb"], args.orientations, 1, dataset, config, args.workers)
-    simulate_dataset(request)
-    png = args.out / "preview.png"
-    _write_preview(dataset, png, args.orientations)
-    print(f"demo: simulated {args.orientations} orientations of ubiquitin (cpu preset) into {dataset}")
-    print(f"demo: preview written to {png}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -105,10 +105,17 @@ class Receiver:
     """Receive, validate, account, process and capture; use as a context manager.
 
     `on_series_closed(summary)` is called from the processing thread when a series closes.
+    `listener`, when given, hears `series_started(start)`, `position(series_id, position,
+    compressed_sum, frames_counted, beam_centre_yx, valid)` for every position sum as it is
+    written, and `overview(series_id, message)`.
     """
 
-    def __init__(self, settings: ReceiverSettings, on_series_closed: Callable[[SeriesSummary], None] | None = None):
+    def __init__(self, settings: ReceiverSettings, on_series_closed: Callable[[SeriesSummary], None] | None = None,
+                 listener=None):
         self.settings = settings
+        # the live pipeline's hooks (`series_started`, `position`, `overview`); called from the
+        # processing thread, so they must only hand data over, and they can never stop ingest
+        self.listener = listener
         settings.capture_dir = Path(settings.capture_dir)
         settings.capture_dir.mkdir(parents=True, exist_ok=True)
         self.on_series_closed = on_series_closed
@@ -288,6 +295,7 @@ class Receiver:
             if series.writer:
                 series.writer.add_message(header_bytes, t_ns)
                 series.writer.write_overview(message, header_bytes)
+            self._notify("overview", message.series_id, message)
         elif isinstance(message, SeriesEnd):
             series.end = message
             series.ended_at = time.monotonic()
@@ -323,6 +331,7 @@ class Receiver:
             return
         with self._lock:
             self._series[start.series_id] = series
+        self._notify("series_started", start)
         log.info("series %s started: %s frames expected, scan %s × %d frames/position",
                  start.series_id, start.frames_expected, start.nav_shape, start.frames_per_position)
 
@@ -435,12 +444,23 @@ class Receiver:
         series.pool_counts[slot] = 0
         series.free_slots.append(slot)
 
-    @staticmethod
-    def _write_done_sums(series: _Series, wait: bool = False) -> None:
+    def _write_done_sums(self, series: _Series, wait: bool = False) -> None:
         while series.pending_sums and (wait or series.pending_sums[0][1].done()):
             position, future, count, centre, valid = series.pending_sums.pop(0)
-            series.writer.write_position(position, future.result(), count, centre, valid)
+            chunk = future.result()
+            series.writer.write_position(position, chunk, count, centre, valid)
+            self._notify("position", series.start.series_id, position, chunk, count, centre, valid)
             wait = wait and len(series.pending_sums) > 32
+
+    def _notify(self, event: str, *args) -> None:
+        if self.listener is None:
+            return
+        try:
+            getattr(self.listener, event)(*args)
+        except Exception:  # a listener's bug must not cost received data
+            with self._lock:
+                self._counters["internal_errors"] += 1
+            log.exception("live pipeline hook %s failed", event)
 
     def _beam_centre(self, series: _Series, frame_sum: np.ndarray) -> tuple[float, float]:
         """Beam centre of a position's sum, hot pixels masked (the raw sum is what is kept).

@@ -121,40 +121,56 @@ def crop_overview(overview: np.ndarray, yx_px, size_px: int) -> np.ndarray | Non
     return np.asarray(overview[r0 : r0 + size_px, c0 : c0 + size_px], np.float64)
 
 
-def prepare_particles(picks_yx: np.ndarray, scores: np.ndarray, overview: np.ndarray, calibration: ScanCalibration,
-                      geometry: Geometry, positions, bad_pixels: np.ndarray | None,
-                      min_coverage: float = 1.0) -> list[Particle]:
-    """Match picks to scan positions and prepare their inputs.
-
-    `positions(flat_index)` returns (summed frame, frames counted, beam centre (y, x), valid) — from
-    a capture's `positions/` group offline, from the receiver's sums live."""
-    side = pattern_side_px(geometry, calibration.mrad_per_px)
+def match_particles(picks_yx: np.ndarray, scores: np.ndarray, calibration: ScanCalibration) -> list[Particle]:
+    """A Particle per pick with its scan position, or flagged when the scan did not cover it."""
     scan, inside = match_to_scan(picks_yx, calibration)
-    nx = calibration.nav_shape[1]
     particles = []
     for i, (yx, score) in enumerate(zip(np.atleast_2d(picks_yx), scores)):
         p = Particle(i, (float(yx[0]), float(yx[1])), float(score))
-        particles.append(p)
-        if not inside[i]:
+        if inside[i]:
+            p.scan_yx = (int(scan[i, 0]), int(scan[i, 1]))
+        else:
             p.flag = "outside the scan"
-            continue
-        p.scan_yx = (int(scan[i, 0]), int(scan[i, 1]))
-        frame, counted, centre, valid = positions(p.scan_yx[0] * nx + p.scan_yx[1])
-        p.coverage = counted / calibration.frames_per_position
-        if p.coverage < min_coverage:
-            p.flag = f"missing frames: coverage {p.coverage:.2f} < {min_coverage:.2f}"
-            continue
-        if centre is None or not np.all(np.isfinite(centre)) or not valid:
-            p.flag = "no direct beam found at its scan position"
-            continue
-        p.beam_centre_yx = (float(centre[0]), float(centre[1]))
-        p.diffraction = cut_pattern(frame, centre, side, bad_pixels)
-        if p.diffraction is None:
-            p.flag = "pattern cut by the detector edge (or no counts)"
-            continue
-        p.image_lr = crop_overview(overview, yx, geometry.image_size_px)
-        if p.image_lr is None:
-            p.flag = "too close to the overview's edge for a full crop"
+        particles.append(p)
+    return particles
+
+
+def fill_particle(p: Particle, position_data, overview: np.ndarray, calibration: ScanCalibration,
+                  geometry: Geometry, bad_pixels: np.ndarray | None, min_coverage: float = 1.0) -> Particle:
+    """Give a matched particle its centred pattern and low-res crop, or a flag saying why not.
+
+    position_data: (summed frame, frames counted, beam centre (y, x), valid) of its scan position."""
+    frame, counted, centre, _valid = position_data
+    p.coverage = counted / calibration.frames_per_position
+    if p.coverage < min_coverage:
+        p.flag = f"missing frames: coverage {p.coverage:.2f} < {min_coverage:.2f}"
+        return p
+    if centre is None or not np.all(np.isfinite(centre)):
+        p.flag = "no direct beam found at its scan position"
+        return p
+    p.beam_centre_yx = (float(centre[0]), float(centre[1]))
+    p.diffraction = cut_pattern(frame, centre, pattern_side_px(geometry, calibration.mrad_per_px), bad_pixels)
+    if p.diffraction is None:
+        p.flag = "pattern cut by the detector edge (or no counts)"
+        return p
+    p.image_lr = crop_overview(overview, p.yx_overview_px, geometry.image_size_px)
+    if p.image_lr is None:
+        p.flag = "too close to the overview's edge for a full crop"
+    return p
+
+
+def prepare_particles(picks_yx: np.ndarray, scores: np.ndarray, overview: np.ndarray, calibration: ScanCalibration,
+                      geometry: Geometry, positions, bad_pixels: np.ndarray | None,
+                      min_coverage: float = 1.0) -> list[Particle]:
+    """Match picks to scan positions and prepare their inputs (all at once: the offline case).
+
+    `positions(flat_index)` returns (summed frame, frames counted, beam centre (y, x), valid)."""
+    nx = calibration.nav_shape[1]
+    particles = match_particles(picks_yx, scores, calibration)
+    for p in particles:
+        if p.flag is None:
+            fill_particle(p, positions(p.scan_yx[0] * nx + p.scan_yx[1]), overview, calibration, geometry,
+                          bad_pixels, min_coverage)
     return particles
 
 

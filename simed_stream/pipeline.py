@@ -13,14 +13,13 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 
 from simed_stream.errors import SimedError
 from simed_stream.localise import PickSettings, find_particles, score_picks
-from simed_stream.particles import Particle, ScanCalibration, check_overview, prepare_particles
+from simed_stream.particles import Particle, ScanCalibration, check_overview, fill_particle, match_particles
 from simed_stream.phasing.inference import ParticlePhaser
 from simed_stream.stack import Optics, StackWriter
 
@@ -55,72 +54,100 @@ class SeriesResult:
         return d
 
 
-class SeriesProcessor:
-    """Picks, prepares, phases and writes one series' particles into `out_dir`."""
+class SeriesChain:
+    """One series' particles, stage by stage; live and offline drive the same object.
 
-    def __init__(self, phaser: ParticlePhaser, settings: ChainSettings, progress: Callable[[dict], None] | None = None):
-        self.phaser = phaser
-        self.settings = settings
-        self.progress = progress
+    Built when the overview is in (picks and scan matching happen at once); `offer` a scan
+    position's data as it becomes available and get back the particles it made ready; `phase`
+    batches of ready particles (classical + network, then stack and STAR); `finish` flags what
+    never got its data and writes the report."""
 
-    def run(self, series_id: str, out_dir: Path, overview: np.ndarray, calibration: ScanCalibration,
-            positions, bad_pixels: np.ndarray | None, truth: dict | None = None) -> SeriesResult:
-        result = SeriesResult(series_id, out_dir, "phased")
-        geometry = self.phaser.geometry
+    def __init__(self, phaser: ParticlePhaser, settings: ChainSettings, series_id: str, out_dir: Path,
+                 overview: np.ndarray, calibration: ScanCalibration, bad_pixels: np.ndarray | None,
+                 truth: dict | None = None):
+        self.phaser, self.settings = phaser, settings
+        self.overview, self.calibration, self.bad_pixels, self.truth = overview, calibration, bad_pixels, truth
+        self.result = SeriesResult(series_id, out_dir, "phased")
+        geometry = phaser.geometry
         calibration.check_model(geometry)
         check_overview(overview, calibration)
         t = time.perf_counter()
-        picks = find_particles(overview, calibration.overview_pixel_A, self.settings.picking)
-        result.seconds["pick"] = time.perf_counter() - t
-        result.picks = len(picks.score)
-        t = time.perf_counter()
-        particles = prepare_particles(picks.yx_px, picks.score, overview, calibration, geometry, positions,
-                                      bad_pixels, self.settings.min_coverage)
-        result.seconds["prepare"] = time.perf_counter() - t
-        for p in particles:
-            if p.flag:
-                result.flagged[p.flag] = result.flagged.get(p.flag, 0) + 1
-        good = [p for p in particles if p.flag is None]
-        optics = Optics(geometry.image_pixel_A, geometry.image_size_px, self.settings.voltage_kV,
+        self.picks = find_particles(overview, calibration.overview_pixel_A, settings.picking)
+        self.particles = match_particles(self.picks.yx_px, self.picks.score, calibration)
+        self.result.seconds.update(pick=time.perf_counter() - t, prepare=0.0, classical=0.0, network=0.0, write=0.0)
+        self.result.picks = len(self.particles)
+        nx = calibration.nav_shape[1]
+        self.waiting: dict[int, list[Particle]] = {}
+        for particle in self.particles:
+            if particle.flag is None:
+                self.waiting.setdefault(particle.scan_yx[0] * nx + particle.scan_yx[1], []).append(particle)
+        self.phased: list[tuple[Particle, np.ndarray, float]] = []
+        optics = Optics(geometry.image_pixel_A, geometry.image_size_px, settings.voltage_kV,
                         micrograph_pixel_size_A=calibration.overview_pixel_A)
-        phased_images: list[np.ndarray] = []
-        fourier_r: list[float] = []
-        result.seconds.update(classical=0.0, network=0.0, write=0.0)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with StackWriter(out_dir, optics) as writer:
-            for first in range(0, len(good), self.settings.batch_size):
-                batch = good[first : first + self.settings.batch_size]
-                phased = self.phaser(np.stack([p.diffraction for p in batch]), np.stack([p.image_lr for p in batch]))
-                result.seconds["classical"] += phased.seconds_classical
-                result.seconds["network"] += phased.seconds_network
-                t = time.perf_counter()
-                writer.write_batch(phased.sigma_v, [self._row(series_id, p, r) for p, r in zip(batch, phased.fourier_r)])
-                result.seconds["write"] += time.perf_counter() - t
-                phased_images.extend(phased.sigma_v)
-                fourier_r.extend(phased.fourier_r.tolist())
-                result.phased += len(batch)
-                if self.progress:
-                    self.progress({"series_id": series_id, "phased": result.phased, "to_phase": len(good)})
+        self.writer = StackWriter(out_dir, optics)
+
+    def positions_needed(self) -> list[int]:
+        return sorted(self.waiting)
+
+    def offer(self, position: int, position_data) -> list[Particle]:
+        """A position's (sum, frames counted, beam centre, valid); returns the particles now ready."""
+        particles = self.waiting.pop(position, [])
         t = time.perf_counter()
-        if truth is not None:
-            self._score_against_truth(result, picks, good, phased_images, truth, calibration)
+        for particle in particles:
+            fill_particle(particle, position_data, self.overview, self.calibration, self.phaser.geometry,
+                          self.bad_pixels, self.settings.min_coverage)
+        self.result.seconds["prepare"] += time.perf_counter() - t
+        return [p for p in particles if p.flag is None]
+
+    def phase(self, batch: list[Particle]) -> None:
+        if not batch:
+            return
+        phased = self.phaser(np.stack([p.diffraction for p in batch]), np.stack([p.image_lr for p in batch]))
+        self.result.seconds["classical"] += phased.seconds_classical
+        self.result.seconds["network"] += phased.seconds_network
+        t = time.perf_counter()
+        self.writer.write_batch(phased.sigma_v, [self._row(p, r) for p, r in zip(batch, phased.fourier_r)])
+        self.result.seconds["write"] += time.perf_counter() - t
+        self.phased.extend(zip(batch, phased.sigma_v, phased.fourier_r.tolist()))
+        self.result.phased += len(batch)
+
+    def finish(self, notes: list[str] = ()) -> SeriesResult:
+        """Flag particles whose positions never came; report. Call after the last `phase`."""
+        for particles in self.waiting.values():
+            for particle in particles:
+                particle.flag = "its scan position was never received"
+        self.waiting.clear()
+        self.writer.close()
+        result = self.result
+        result.notes.extend(notes)
+        for particle in self.particles:
+            if particle.flag:
+                result.flagged[particle.flag] = result.flagged.get(particle.flag, 0) + 1
+        t = time.perf_counter()
+        good = [p for p, _, _ in self.phased]
+        images = [image for _, image, _ in self.phased]
+        if self.truth is not None:
+            self._score_against_truth(good, images)
         from simed_stream.report import write_series_report
 
-        write_series_report(out_dir, result, overview, particles, phased_images, fourier_r, truth)
+        write_series_report(result.out_dir, result, self.overview, self.particles, images,
+                            [r for _, _, r in self.phased], self.truth)
         result.seconds["report"] = time.perf_counter() - t
+        _write_result(result.out_dir, result)
         return result
 
-    def _row(self, series_id: str, p: Particle, fourier_r: float) -> dict:
-        return {"micrograph": series_id, "x_px": p.yx_overview_px[1], "y_px": p.yx_overview_px[0],
+    def _row(self, p: Particle, fourier_r: float) -> dict:
+        return {"micrograph": self.result.series_id, "x_px": p.yx_overview_px[1], "y_px": p.yx_overview_px[0],
                 "scan_y": p.scan_yx[0], "scan_x": p.scan_yx[1], "coverage": p.coverage, "pick_score": p.score,
                 "fourier_r": fourier_r, "model_sha256": self.phaser.phaser.sha256}
 
-    def _score_against_truth(self, result, picks, good, phased_images, truth, calibration) -> None:
+    def _score_against_truth(self, good: list[Particle], phased_images: list[np.ndarray]) -> None:
         from simed_stream.metrics import frc
         from simed_stream.phasing.preprocess import SIGMA_200KV
 
-        radius_px = 0.5 * self.settings.picking.diameter_A / calibration.overview_pixel_A
-        result.pick_score = score_picks(picks.yx_px, truth["yx_overview_px"], radius_px).as_dict()
+        truth, result = self.truth, self.result
+        radius_px = 0.5 * self.settings.picking.diameter_A / self.calibration.overview_pixel_A
+        result.pick_score = score_picks(self.picks.yx_px, truth["yx_overview_px"], radius_px).as_dict()
         if not good:
             return
         target_kind = self.phaser.phaser.target
@@ -131,12 +158,31 @@ class SeriesProcessor:
                 else truth["image_hr"][truth_index]
             # the crop is centred on the pick, the truth on the particle: undo the picking error
             # (whole pixels, as the crop was cut) so the FRC measures phasing, not picking
-            offset = np.rint(good[pick_index].yx_overview_px).astype(int) - np.rint(truth["yx_overview_px"][truth_index]).astype(int)
+            offset = (np.rint(good[pick_index].yx_overview_px).astype(int)
+                      - np.rint(truth["yx_overview_px"][truth_index]).astype(int))
             aligned = np.roll(phased_images[pick_index], tuple(offset), axis=(0, 1))
             values.append(frc(aligned, target, self.phaser.geometry.image_pixel_A).resolution_A(0.5))
         result.frc05_A_vs_truth = {"mean": float(np.nanmean(values)) if values else None,
                                    "median": float(np.nanmedian(values)) if values else None,
                                    "particles": len(values)}
+
+
+class SeriesProcessor:
+    """The whole chain at once, for a series whose data are all in (a capture)."""
+
+    def __init__(self, phaser: ParticlePhaser, settings: ChainSettings):
+        self.phaser = phaser
+        self.settings = settings
+
+    def run(self, series_id: str, out_dir: Path, overview: np.ndarray, calibration: ScanCalibration,
+            positions, bad_pixels: np.ndarray | None, truth: dict | None = None) -> SeriesResult:
+        chain = SeriesChain(self.phaser, self.settings, series_id, out_dir, overview, calibration, bad_pixels, truth)
+        ready = []
+        for position in chain.positions_needed():
+            ready.extend(chain.offer(position, positions(position)))
+        for first in range(0, len(ready), self.settings.batch_size):
+            chain.phase(ready[first : first + self.settings.batch_size])
+        return chain.finish()
 
 
 # ------------------------------------------------------------------ offline: from a capture
