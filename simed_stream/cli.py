@@ -344,6 +344,10 @@ def _add_reprocess(commands) -> None:
     reprocess.add_argument("captures", type=Path, nargs="+", metavar="CAPTURE.h5")
     reprocess.add_argument("--out", type=Path, required=True, metavar="DIR")
     _add_chain_options(reprocess)
+    reprocess.add_argument("--scheduler", default=None, metavar="local|ADDRESS|none",
+                           help="Dask: 'local' (a local cluster; the default for several captures), the address of a "
+                           "running scheduler (tcp://host:8786), or 'none' (one after the other, here)")
+    reprocess.add_argument("--workers", type=int, default=2, help="processes of the local Dask cluster (default 2)")
     reprocess.add_argument("--json", action="store_true", help="print the results as JSON")
     reprocess.set_defaults(handler=_reprocess)
 
@@ -354,7 +358,11 @@ def _reprocess(args) -> int:
     from simed_stream.pipeline import reprocess_captures
 
     settings = chain_settings(args)
-    results = reprocess_captures(args.captures, args.out, args.model or DEFAULT_MODEL, settings, args.device)
+    scheduler = args.scheduler or ("local" if len(args.captures) > 1 else "none")
+    if args.workers < 1:
+        raise SimedError("--workers must be at least 1")
+    results = reprocess_captures(args.captures, args.out, args.model or DEFAULT_MODEL, settings, args.device,
+                                 None if scheduler == "none" else scheduler, args.workers)
     if args.json:
         print(json.dumps([r.as_dict() for r in results]))
     for r in results:

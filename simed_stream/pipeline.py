@@ -258,7 +258,13 @@ def check_writable(out_dir: Path) -> None:
 def reprocess_one(capture: Path, out_root: Path, model_path: Path, settings: ChainSettings,
                   device: str = "auto") -> SeriesResult:
     """One capture into `out_root/<capture stem>/`; a bad capture gives a failed result, not an exception."""
+    import torch
+
     out_dir = out_root / Path(capture).stem
+    threads = torch.get_num_threads()
+    # one thread: the same arithmetic (and so the same stack, bit for bit) on a laptop, in a
+    # Dask worker or here; the classical runs, not the network, dominate the cost
+    torch.set_num_threads(1)
     try:
         if not Path(capture).is_file():
             raise SimedError(f"capture {capture} does not exist")
@@ -269,13 +275,49 @@ def reprocess_one(capture: Path, out_root: Path, model_path: Path, settings: Cha
         result = SeriesResult(Path(capture).stem, out_dir, f"failed: {error}")
         _write_result(out_dir, result)
         return result
+    finally:
+        torch.set_num_threads(threads)
 
 
 def reprocess_captures(captures: list[Path], out_root: Path, model_path: Path, settings: ChainSettings,
-                       device: str = "auto") -> list[SeriesResult]:
+                       device: str = "auto", scheduler: str | None = None, workers: int = 2) -> list[SeriesResult]:
+    """Every capture into `out_root/<capture stem>/`, in order.
+
+    scheduler: None runs them here one after the other; "local" starts a local Dask cluster of
+    `workers` single-threaded processes; any other value is the address of a running Dask
+    scheduler (`tcp://host:8786`), which is how a user outgrows one machine. The results are
+    the same whichever runs them: each capture is one independent, deterministic task."""
     check_writable(out_root)
     ParticlePhaser(model_path, device)  # a bad model fails once, before any capture is touched
     stems = [Path(c).stem for c in captures]
     if len(set(stems)) != len(stems):
         raise SimedError("two captures share a file name; their output folders would collide")
-    return [reprocess_one(Path(c), out_root, model_path, settings, device) for c in captures]
+    if scheduler is None:
+        return [reprocess_one(Path(c), out_root, model_path, settings, device) for c in captures]
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise SimedError("the Dask scheduler needs `dask[distributed]` (a project dependency): reinstall") from None
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if scheduler == "local":
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               host="127.0.0.1")
+        client = Client(cluster)
+    else:
+        try:
+            client, cluster = Client(scheduler, timeout="10s"), None
+        except (OSError, TimeoutError) as error:
+            raise SimedError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+    try:
+        futures = [client.submit(_reprocess_task, str(c), str(out_root), str(model_path), settings, device,
+                                 pure=False) for c in captures]
+        return client.gather(futures)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _reprocess_task(capture: str, out_root: str, model_path: str, settings: ChainSettings, device: str) -> SeriesResult:
+    """One capture on a Dask worker."""
+    return reprocess_one(Path(capture), Path(out_root), Path(model_path), settings, device)
