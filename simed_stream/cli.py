@@ -395,6 +395,7 @@ def _live_config_model():
         overview_timeout_s: float = Field(10.0, gt=0)
         series_timeout_s: float = Field(10.0, gt=0)
         max_series: Optional[int] = Field(None, gt=0, description="stop after this many series (default: until Ctrl-C)")
+        phasing_workers: int = Field(0, ge=0, description="classical phasing in worker processes over ZeroMQ")
 
     return Live
 
@@ -419,6 +420,14 @@ def _add_live(commands) -> None:
     _add_chain_options(replay)
     replay.set_defaults(handler=_replay)
 
+    worker = commands.add_parser(
+        "phase-worker", help="a classical-phasing worker for a live pipeline's fan-out (ZeroMQ)",
+        description="Connect to a live pipeline's phasing endpoints and phase the jobs it deals, until stopped. "
+        "Start one per core on any machine that can reach the endpoints (see docs/live.md).")
+    worker.add_argument("--jobs", required=True, help="the pipeline's jobs endpoint")
+    worker.add_argument("--results", required=True, help="the pipeline's results endpoint")
+    worker.set_defaults(handler=lambda args: __import__("simed_stream.fanout", fromlist=["serve"]).serve(args.jobs, args.results))
+
 
 def _print_status(status: dict) -> None:
     from simed_stream.live import status_line
@@ -439,7 +448,8 @@ def _run(args) -> int:
                                        threshold_sigma=config.picking.threshold_sigma),
                           min_coverage=config.min_coverage, batch_size=config.batch_size)
     settings = LiveSettings(config.out, config.model or DEFAULT_MODEL, config.data_endpoint, config.device, chain,
-                            config.batch_latency_s, config.overview_timeout_s, config.series_timeout_s)
+                            config.batch_latency_s, config.overview_timeout_s, config.series_timeout_s,
+                            phasing_workers=config.phasing_workers)
     return _run_live(LivePipeline(settings, max_series=config.max_series, on_status=_print_status))
 
 

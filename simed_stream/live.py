@@ -51,6 +51,7 @@ class LiveSettings:
     max_cached_bytes: int = 2 * 1024**3  # compressed position sums kept per run, for late overviews
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     event_queue: int = 4096
+    phasing_workers: int = 0  # >0: classical phasing in that many worker processes over ZeroMQ (fanout.py)
     status_interval_s: float = 1.0
 
 
@@ -83,7 +84,12 @@ class LivePipeline:
         self.settings = settings
         self.out_dir = Path(settings.out_dir)
         check_writable(self.out_dir)
-        self.phaser = phaser or ParticlePhaser(settings.model, settings.device)
+        self.fanout = None
+        if phaser is None and settings.phasing_workers > 0:
+            from simed_stream.fanout import PhasingFanout
+
+            self.fanout = PhasingFanout(settings.phasing_workers)
+        self.phaser = phaser or ParticlePhaser(settings.model, settings.device, pool=self.fanout)
         self.max_series = max_series
         self.on_status = on_status
         self.results: list[SeriesResult] = []
@@ -144,6 +150,8 @@ class LivePipeline:
             threads[0].join()
             self._tasks.put(("quit", None, None))
             threads[1].join()
+            if self.fanout is not None:
+                self.fanout.close()
             self.write_status(final=True)
         return self.results
 

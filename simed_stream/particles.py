@@ -101,6 +101,8 @@ def match_to_scan(yx_overview_px: np.ndarray, calibration: ScanCalibration) -> t
 def cut_pattern(position_sum: np.ndarray, beam_centre_yx, side_px: int, bad_pixels: np.ndarray | None) -> np.ndarray | None:
     """The centred pattern as a fraction of the electrons per pixel, or None if it leaves the detector."""
     frame = np.asarray(position_sum)
+    if frame.dtype == np.float64:  # the kernels take detector dtypes; float32 holds any count sum exactly enough
+        frame = frame.astype(np.float32)
     if bad_pixels is not None and bad_pixels.any():
         frame = apply_pixel_mask(frame, bad_pixels)
     frame = frame.astype(np.float64)

@@ -130,8 +130,7 @@ class SeriesChain:
             self._score_against_truth(good, images)
         from simed_stream.report import write_series_report
 
-        write_series_report(result.out_dir, result, self.overview, self.particles, images,
-                            [r for _, _, r in self.phased], self.truth)
+        write_series_report(result.out_dir, result, self.overview, self.particles, self.phased, self.truth)
         result.seconds["report"] = time.perf_counter() - t
         _write_result(result.out_dir, result)
         return result
