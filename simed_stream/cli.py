@@ -556,8 +556,22 @@ def _demo(args) -> int:
     print(f"demo: 3/3 streaming it from the fake detector (2000 frames/s) through the live pipeline -> {run_dir}",
           flush=True)
     pipeline = replay_capture(scan, run_dir, ChainSettings(), model, "auto", 2000.0, None, _print_status)
+    import h5py
+
+    from simed_stream.pipeline import read_truth, score_series_dir
+
+    with h5py.File(scan, "r") as f:
+        truth = read_truth(f)
     for r in pipeline.results:
         print(f"demo: {r.status}: {r.phased} of {r.picks} picked particles phased into {r.out_dir}/particles.star")
+        if r.status == "phased":
+            card = pipeline.phaser.phaser
+            pick_score, frc05 = score_series_dir(r.out_dir, truth, ChainSettings().picking.diameter_A,
+                                                 card.geometry.image_pixel_A, card.target, card.geometry.image_pixel_A)
+            print(f"demo: against the simulation's truth: picking F1 {pick_score['f1']:.2f} "
+                  f"(precision {pick_score['precision']:.2f}, recall {pick_score['recall']:.2f})"
+                  + (f"; phased particles FRC0.5 mean {frc05['mean']:.2f} Å, median {frc05['median']:.2f} Å"
+                     if frc05 else ""))
         print(f"demo: report {r.out_dir}/report.png, status {run_dir}/status.json")
     print(f"demo: done in {time.monotonic() - started:.0f} s")
     return 0 if pipeline.results and all(r.status == "phased" for r in pipeline.results) else 1

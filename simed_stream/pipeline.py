@@ -141,29 +141,53 @@ class SeriesChain:
                 "fourier_r": fourier_r, "model_sha256": self.phaser.phaser.sha256}
 
     def _score_against_truth(self, good: list[Particle], phased_images: list[np.ndarray]) -> None:
-        from simed_stream.metrics import frc
-        from simed_stream.phasing.preprocess import SIGMA_200KV
+        pick_score, frc05 = score_against_truth(
+            self.picks.yx_px, [p.yx_overview_px for p in good], phased_images, self.truth,
+            self.settings.picking.diameter_A / self.calibration.overview_pixel_A, self.phaser.phaser.target,
+            self.phaser.geometry.image_pixel_A)
+        self.result.pick_score, self.result.frc05_A_vs_truth = pick_score, frc05
 
-        truth, result = self.truth, self.result
-        radius_px = 0.5 * self.settings.picking.diameter_A / self.calibration.overview_pixel_A
-        result.pick_score = score_picks(self.picks.yx_px, truth["yx_overview_px"], radius_px).as_dict()
-        if not good:
-            return
-        target_kind = self.phaser.phaser.target
-        match = score_picks(np.array([p.yx_overview_px for p in good]), truth["yx_overview_px"], radius_px).matched
-        values = []
-        for pick_index, truth_index in match:
-            target = truth["potential"][truth_index] * SIGMA_200KV if target_kind == "potential" \
-                else truth["image_hr"][truth_index]
-            # the crop is centred on the pick, the truth on the particle: undo the picking error
-            # (whole pixels, as the crop was cut) so the FRC measures phasing, not picking
-            offset = (np.rint(good[pick_index].yx_overview_px).astype(int)
-                      - np.rint(truth["yx_overview_px"][truth_index]).astype(int))
-            aligned = np.roll(phased_images[pick_index], tuple(offset), axis=(0, 1))
-            values.append(frc(aligned, target, self.phaser.geometry.image_pixel_A).resolution_A(0.5))
-        result.frc05_A_vs_truth = {"mean": float(np.nanmean(values)) if values else None,
-                                   "median": float(np.nanmedian(values)) if values else None,
-                                   "particles": len(values)}
+
+def score_against_truth(picks_yx, phased_yx, phased_images, truth: dict, diameter_px: float, target_kind: str,
+                        pixel_A: float) -> tuple[dict, dict | None]:
+    """Picking (one-to-one within a radius of half a diameter) and FRC₀.₅ of each phased particle
+    against its true target — only for simulated scans, which carry the truth."""
+    from simed_stream.metrics import frc
+    from simed_stream.phasing.preprocess import SIGMA_200KV
+
+    radius_px = 0.5 * diameter_px
+    pick_score = score_picks(np.asarray(picks_yx), truth["yx_overview_px"], radius_px).as_dict()
+    if not len(phased_yx):
+        return pick_score, None
+    match = score_picks(np.asarray(phased_yx), truth["yx_overview_px"], radius_px).matched
+    values = []
+    for pick_index, truth_index in match:
+        target = truth["potential"][truth_index] * SIGMA_200KV if target_kind == "potential" \
+            else truth["image_hr"][truth_index]
+        # the crop is centred on the pick, the truth on the particle: undo the picking error
+        # (whole pixels, as the crop was cut) so the FRC measures phasing, not picking
+        offset = np.rint(phased_yx[pick_index]).astype(int) - np.rint(truth["yx_overview_px"][truth_index]).astype(int)
+        aligned = np.roll(phased_images[pick_index], tuple(offset), axis=(0, 1))
+        values.append(frc(aligned, target, pixel_A).resolution_A(0.5))
+    return pick_score, {"mean": float(np.nanmean(values)) if values else None,
+                        "median": float(np.nanmedian(values)) if values else None, "particles": len(values)}
+
+
+def score_series_dir(series_dir: Path, truth: dict, diameter_A: float, overview_pixel_A: float, target_kind: str,
+                     pixel_A: float) -> tuple[dict, dict | None]:
+    """`score_against_truth` on a written series folder (picks.json + stack): how the demo scores
+    what the live path produced against the simulated scan's truth."""
+    from simed_stream.stack import read_stack
+
+    picks = json.loads((series_dir / "picks.json").read_text())
+    picks_yx = np.array([[p["y_px"], p["x_px"]] for p in picks]).reshape(-1, 2)
+    if not (series_dir / "particles.star").exists():
+        return score_against_truth(picks_yx, [], [], truth, diameter_A / overview_pixel_A, target_kind, pixel_A)
+    star, images = read_stack(series_dir)
+    table = star["particles"]
+    phased_yx = np.stack([table["rlnCoordinateY"].to_numpy(float), table["rlnCoordinateX"].to_numpy(float)], axis=1)
+    return score_against_truth(picks_yx, phased_yx, list(images), truth, diameter_A / overview_pixel_A, target_kind,
+                               pixel_A)
 
 
 class SeriesProcessor:

@@ -466,7 +466,7 @@ def test_positions_beyond_the_live_cache_say_so(scan, phaser, tmp_path):
     pipeline, results, _ = run_live(tmp_path, phaser, [capture_series(scan)], max_cached_bytes=1)
     [result] = results
     check_capture_complete(captured(tmp_path / "out")[0])  # every frame still captured
-    assert result.phased == 0
+    assert result.phased < result.picks
     text = result.status + " ".join(result.notes)
     assert "cache" in text and "reprocess" in text, result
     assert "its scan position was never received" not in result.flagged, result.flagged
