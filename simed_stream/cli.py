@@ -321,6 +321,9 @@ def _add_chain_options(parser) -> None:
     parser.add_argument("--min-coverage", type=float, default=1.0,
                         help="fraction of a position's frames needed to phase a particle (default 1)")
     parser.add_argument("--batch-size", type=int, default=16, help="particles per phasing batch and .mrcs (default 16)")
+    parser.add_argument("--uncertainty-passes", type=int, default=1, metavar="K",
+                        help="K>1: K classical runs (K-1 from random starts) through the network; the stack holds "
+                        "their mean and the STAR an uncertainty per particle (K times the cost; default 1: off)")
 
 
 def chain_settings(args):
@@ -331,8 +334,11 @@ def chain_settings(args):
         raise SimedError("--min-coverage must be in (0, 1]")
     if args.batch_size < 1:
         raise SimedError("--batch-size must be at least 1")
+    if args.uncertainty_passes < 1:
+        raise SimedError("--uncertainty-passes must be at least 1")
     return ChainSettings(PickSettings(diameter_A=args.diameter_A, threshold_sigma=args.threshold),
-                         min_coverage=args.min_coverage, batch_size=args.batch_size)
+                         min_coverage=args.min_coverage, batch_size=args.batch_size,
+                         uncertainty_passes=args.uncertainty_passes)
 
 
 def _add_reprocess(commands) -> None:
@@ -417,6 +423,8 @@ def _add_live(commands) -> None:
     replay.add_argument("--out", type=Path, required=True, metavar="DIR")
     replay.add_argument("--rate", type=_rate, default="recorded", help="recorded (default), max or frames per second")
     replay.add_argument("--data", default=None, help="connect to this endpoint instead of starting a detector")
+    replay.add_argument("--phasing-workers", type=int, default=0,
+                        help="classical phasing in this many worker processes over ZeroMQ (default 0: in-process)")
     _add_chain_options(replay)
     replay.set_defaults(handler=_replay)
 
@@ -469,50 +477,11 @@ def _run_live(pipeline) -> int:
     return 0 if results and all(r.status == "phased" for r in results) and not pipeline.errors else 1
 
 
-def replay_capture(capture: Path, out: Path, chain, model: Path, device: str = "auto", rate="recorded",
-                   data_endpoint: str | None = None, on_status=None):
-    """Stream a capture through the live pipeline; returns the pipeline (results, status) when done."""
-    import tempfile
-    import threading
-
-    from simed_stream.live import LivePipeline, LiveSettings
-    from simulator.detector import FakeDetector, capture_series
-
-    if not capture.is_file():
-        raise SimedError(f"capture {capture} does not exist")
-    try:
-        source = capture_series(capture)
-    except (ValueError, OSError, KeyError) as error:
-        raise SimedError(f"cannot replay {capture}: {error}") from None
-    with tempfile.TemporaryDirectory(prefix="simed-replay-") as tmp:
-        endpoint = data_endpoint or f"ipc://{tmp}/data.sock"
-        settings = LiveSettings(out, model, endpoint, device, chain, overview_timeout_s=5.0)
-        pipeline = LivePipeline(settings, max_series=1, on_status=on_status)
-        if data_endpoint is not None:
-            _run_live(pipeline)
-            return pipeline
-        failure = []
-
-        def stream():
-            try:
-                with FakeDetector(endpoint, control_endpoint=None, rate_fps=rate,
-                                  max_message_bytes=settings.max_message_bytes) as detector:
-                    detector.run([source])
-            except Exception as error:  # reported below; the pipeline times the series out
-                failure.append(error)
-
-        thread = threading.Thread(target=stream, name="simed-replay-detector", daemon=True)
-        thread.start()
-        _run_live(pipeline)
-        thread.join(timeout=30)
-        if failure:
-            raise SimedError(f"the replaying detector failed: {failure[0]}")
-        return pipeline
-
-
 def _replay(args) -> int:
+    from simed_stream.live import replay_capture
+
     pipeline = replay_capture(args.capture, args.out, chain_settings(args), args.model or DEFAULT_MODEL, args.device,
-                              args.rate, args.data, _print_status)
+                              args.rate, args.data, _print_status, _run_live, args.phasing_workers)
     return 0 if pipeline.results and all(r.status == "phased" for r in pipeline.results) else 1
 
 
@@ -555,7 +524,9 @@ def _demo(args) -> int:
     run_dir = args.out / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"demo: 3/3 streaming it from the fake detector (2000 frames/s) through the live pipeline -> {run_dir}",
           flush=True)
-    pipeline = replay_capture(scan, run_dir, ChainSettings(), model, "auto", 2000.0, None, _print_status)
+    from simed_stream.live import replay_capture
+
+    pipeline = replay_capture(scan, run_dir, ChainSettings(), model, "auto", 2000.0, None, _print_status, _run_live)
     import h5py
 
     from simed_stream.pipeline import read_truth, score_series_dir

@@ -85,12 +85,13 @@ class PhasingFanout:
             self._tmp.cleanup()
 
     def map(self, _function, jobs) -> list[np.ndarray]:
-        """Results of `classical.phase(diffraction, image_lr, geometry, settings)` for each job, in order.
+        """Results of `classical.phase(diffraction, image_lr, geometry, settings[, rng from seed])` per job, in order.
         (`_function` is accepted for executor compatibility; workers only ever run `phase`.)"""
         jobs = list(jobs)
         batch = uuid.uuid4().hex
-        for index, (diffraction, image_lr, geometry, settings) in enumerate(jobs):
+        for index, (diffraction, image_lr, geometry, settings, *seed) in enumerate(jobs):
             header = {"batch": batch, "index": index, "geometry": asdict(geometry), "settings": asdict(settings),
+                      "seed": seed[0] if seed else None,
                       "diffraction_shape": list(np.shape(diffraction)), "image_lr_shape": list(np.shape(image_lr))}
             self.push.send_multipart([json.dumps(header).encode(), _array_part(diffraction), _array_part(image_lr)])
         results: dict[int, np.ndarray] = {}
@@ -129,7 +130,11 @@ def serve(jobs_endpoint: str, results_endpoint: str) -> None:
             settings = HIOSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in header["settings"].items()})
             diffraction = _read_array(parts[1], header["diffraction_shape"])
             image_lr = _read_array(parts[2], header["image_lr_shape"])
-            result = phase(diffraction, image_lr, geometry, settings)
+            seed = header.get("seed")
+            if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
+                raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+            rng = None if seed is None else np.random.default_rng(seed)
+            result = phase(diffraction, image_lr, geometry, settings, rng)
             reply = {"batch": header["batch"], "index": header["index"], "shape": list(result.shape)}
             push.send_multipart([json.dumps(reply).encode(), _array_part(result)])
         except Exception as error:  # a bad job gets an error answer; the worker carries on

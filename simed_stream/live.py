@@ -89,7 +89,8 @@ class LivePipeline:
             from simed_stream.fanout import PhasingFanout
 
             self.fanout = PhasingFanout(settings.phasing_workers)
-        self.phaser = phaser or ParticlePhaser(settings.model, settings.device, pool=self.fanout)
+        self.phaser = phaser or ParticlePhaser(settings.model, settings.device, pool=self.fanout,
+                                               passes=settings.chain.uncertainty_passes)
         self.max_series = max_series
         self.on_status = on_status
         self.results: list[SeriesResult] = []
@@ -262,14 +263,15 @@ class LivePipeline:
         if series.chain is not None:
             if series.ready:
                 self._tasks.put(("phase", series_id, (series.chain, series.ready)))
+            if series.failed:  # e.g. position sums dropped from the live cache: say why particles lack data
+                notes = notes + [series.failed]
             self._tasks.put(("finish", series_id, (series.chain, notes)))
         else:
             status = series.failed or NO_OVERVIEW
             result = SeriesResult(series_id, self._series_dir(series_id), status,
                                   notes=notes + ["captured frames kept in captures/; `simed reprocess` it once "
                                                  "an overview is added"])
-            _write_result(result.out_dir, result)
-            self._done(result)
+            self._done(result, save=True)
         with self._lock:
             self._counters["series_open"] = len(self._series)
 
@@ -315,13 +317,26 @@ class LivePipeline:
             except Exception as error:
                 log.exception("live pipeline: phasing series %s failed", series_id)
                 self.errors.append(f"{series_id}: {error}")
-                if kind == "finish":
-                    self._done(SeriesResult(series_id, self.out_dir / series_id, f"failed: {error}"))
+                chain = payload[0]
+                if kind == "phase":  # these particles are in no stack: flag them, and fail the series
+                    for particle in payload[1]:
+                        particle.flag = particle.flag or f"phasing or writing failed: {error}"
+                    if chain.result.status == "phased":
+                        chain.result.status = f"failed: {error}"
+                elif kind == "finish":
+                    self._done(SeriesResult(series_id, chain.result.out_dir, f"failed: {error}",
+                                            picks=chain.result.picks, phased=chain.result.phased), save=True)
 
-    def _done(self, result: SeriesResult) -> None:
+    def _done(self, result: SeriesResult, save: bool = False) -> None:
         if result.series_id in self.latency_s:
             result.seconds["overview_to_last_particle"] = self.latency_s[result.series_id]
-            _write_result(result.out_dir, result)
+            save = True
+        if save:
+            try:  # a full disk must not lose the series' result nor stop the thread that reports it
+                _write_result(result.out_dir, result)
+            except OSError as error:
+                log.error("series %s: cannot write its result.json: %s", result.series_id, error)
+                self.errors.append(f"{result.series_id}: cannot write result.json: {error}")
         with self._lock:
             self.results.append(result)
             self._counters["series_done"] = len(self.results)
@@ -376,3 +391,49 @@ def status_line(status: dict) -> str:
             f"{ingest['lag_s']:.2f} s | series open {pipeline['series_open']} done {pipeline['series_done']} | "
             f"particles found {pipeline['particles_found']} phased {pipeline['particles_phased']} "
             f"flagged {pipeline['particles_flagged']}")
+
+
+def replay_capture(capture: Path, out: Path, chain, model: Path, device: str = "auto", rate="recorded",
+                   data_endpoint: str | None = None, on_status=None, run=None, phasing_workers: int = 0):
+    """Stream a capture through the live pipeline; returns the pipeline (results, status) when done.
+
+    A paced fake detector replays it on a private local socket, unless `data_endpoint` names a
+    detector already streaming it. `run(pipeline)` runs the pipeline (default `pipeline.run()`;
+    the CLI passes one that maps Ctrl-C to a clean stop)."""
+    import tempfile
+    import threading
+
+    from simulator.detector import FakeDetector, capture_series
+
+    if not capture.is_file():
+        raise SimedError(f"capture {capture} does not exist")
+    try:
+        source = capture_series(capture)
+    except (ValueError, OSError, KeyError) as error:
+        raise SimedError(f"cannot replay {capture}: {error}") from None
+    with tempfile.TemporaryDirectory(prefix="simed-replay-") as tmp:
+        endpoint = data_endpoint or f"ipc://{tmp}/data.sock"
+        settings = LiveSettings(out, model, endpoint, device, chain, overview_timeout_s=5.0,
+                                phasing_workers=phasing_workers)
+        pipeline = LivePipeline(settings, max_series=1, on_status=on_status)
+        run = run or (lambda p: p.run())
+        if data_endpoint is not None:
+            run(pipeline)
+            return pipeline
+        failure = []
+
+        def stream():
+            try:
+                with FakeDetector(endpoint, control_endpoint=None, rate_fps=rate,
+                                  max_message_bytes=settings.max_message_bytes) as detector:
+                    detector.run([source])
+            except Exception as error:  # reported below; the pipeline times the series out
+                failure.append(error)
+
+        thread = threading.Thread(target=stream, name="simed-replay-detector", daemon=True)
+        thread.start()
+        run(pipeline)
+        thread.join(timeout=30)
+        if failure:
+            raise SimedError(f"the replaying detector failed: {failure[0]}")
+        return pipeline

@@ -33,6 +33,7 @@ class ChainSettings:
     min_coverage: float = 1.0  # of a position's expected frames; below: flagged, not phased
     batch_size: int = 16
     voltage_kV: float = 200.0
+    uncertainty_passes: int = 1  # >1: classical runs from random starts → mean image and an uncertainty
 
 
 @dataclass
@@ -106,7 +107,11 @@ class SeriesChain:
         self.result.seconds["classical"] += phased.seconds_classical
         self.result.seconds["network"] += phased.seconds_network
         t = time.perf_counter()
-        self.writer.write_batch(phased.sigma_v, [self._row(p, r) for p, r in zip(batch, phased.fourier_r)])
+        rows = [self._row(p, r) for p, r in zip(batch, phased.fourier_r)]
+        if phased.uncertainty is not None:
+            for row, value in zip(rows, phased.uncertainty):
+                row["uncertainty"] = float(value)
+        self.writer.write_batch(phased.sigma_v, rows)
         self.result.seconds["write"] += time.perf_counter() - t
         self.phased.extend(zip(batch, phased.sigma_v, phased.fourier_r.tolist()))
         self.result.phased += len(batch)
@@ -291,7 +296,7 @@ def reprocess_one(capture: Path, out_root: Path, model_path: Path, settings: Cha
     try:
         if not Path(capture).is_file():
             raise SimedError(f"capture {capture} does not exist")
-        processor = SeriesProcessor(ParticlePhaser(model_path, device), settings)
+        processor = SeriesProcessor(ParticlePhaser(model_path, device, passes=settings.uncertainty_passes), settings)
         return reprocess_capture(Path(capture), out_dir, processor)
     except SimedError as error:
         log.error("%s: %s", capture, error)

@@ -529,3 +529,43 @@ def test_simulate_scan_refuses_more_particles_than_fit(tmp_path, physics_dataset
     assert not out.exists()
     with pytest.raises(SimedError, match="at most 4"):
         ScanSettings(scan_shape=(4, 3), particles=5).validate()
+
+
+def test_dask_local_cluster_gives_the_serial_stack(tmp_path, scan_capture, tiny_model):
+    """Two captures on a local Dask cluster of 2 workers = the same two, one after the other, here."""
+    from simed_stream.pipeline import ChainSettings, reprocess_captures
+    from simed_stream.stack import read_stack
+
+    second = tmp_path / "scan-b.h5"
+    shutil.copy(scan_capture, second)
+    captures = [scan_capture, second]
+    serial = reprocess_captures(captures, tmp_path / "serial", tiny_model, ChainSettings(), "cpu", None)
+    parallel = reprocess_captures(captures, tmp_path / "dask", tiny_model, ChainSettings(), "cpu", "local", workers=2)
+    assert [r.status for r in parallel] == ["phased", "phased"]
+    for a, b in zip(serial, parallel):
+        assert (a.picks, a.phased, a.flagged) == (b.picks, b.phased, b.flagged)
+        star_a, images_a = read_stack(a.out_dir)
+        star_b, images_b = read_stack(b.out_dir)
+        assert len(images_a) == a.phased > 0
+        np.testing.assert_array_equal(images_a, images_b)
+        for column in ("rlnImageName", "rlnCoordinateX", "rlnCoordinateY", "simedFourierR"):
+            assert list(star_a["particles"][column]) == list(star_b["particles"][column])
+
+
+def test_uncertainty_passes_average_random_starts(physics_dataset, tiny_model):
+    """K passes: pass 0 is the deterministic run; the image is the mean of K network outputs,
+    the uncertainty their spread; K=1 gives exactly the single-pass image and no uncertainty."""
+    from simed_stream.phasing.inference import ParticlePhaser
+
+    with h5py.File(physics_dataset, "r") as f:
+        diffraction = f["diffraction"][:2].astype(np.float64)
+        image_lr = f["image_lr"][:2].astype(np.float64)
+    single = ParticlePhaser(tiny_model, "cpu")(diffraction, image_lr)
+    assert single.uncertainty is None
+    triple = ParticlePhaser(tiny_model, "cpu", passes=3)(diffraction, image_lr)
+    assert triple.sigma_v.shape == single.sigma_v.shape
+    assert np.all(triple.uncertainty > 0) and np.all(np.isfinite(triple.uncertainty))
+    np.testing.assert_array_equal(triple.classical, single.classical)  # pass 0 = the deterministic run
+    assert not np.array_equal(triple.sigma_v, single.sigma_v)
+    with pytest.raises(SimedError):
+        ParticlePhaser(tiny_model, "cpu", passes=0)

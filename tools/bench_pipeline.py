@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_data import scan, ubiquitin_dataset  # noqa: E402
 
-from simed_stream.cli import DEFAULT_MODEL, replay_capture  # noqa: E402
+from simed_stream.cli import DEFAULT_MODEL  # noqa: E402
+from simed_stream.live import replay_capture  # noqa: E402
 from simed_stream.pipeline import ChainSettings  # noqa: E402
 
 

@@ -100,12 +100,21 @@ class PhasedBatch:
     fourier_r: np.ndarray  # (n,)
     seconds_classical: float
     seconds_network: float
+    uncertainty: np.ndarray | None = None  # (n,) with passes > 1: mean per-pixel std / std of the mean image
 
 
 class ParticlePhaser:
-    """Classical run + network + Fourier check for batches of particles."""
+    """Classical run + network + Fourier check for batches of particles.
 
-    def __init__(self, model_path: str | Path, device: str = "auto", pool=None):
+    passes > 1 gives an uncertainty: the classical run — the stochastic part of the chain, whose
+    result depends on where HIO starts — is repeated with `passes - 1` extra random starts
+    where the low-res image carries no phase; each goes through the network, the image written
+    is the mean and `uncertainty` the mean per-pixel spread relative to the image's contrast."""
+
+    def __init__(self, model_path: str | Path, device: str = "auto", pool=None, passes: int = 1):
+        if passes < 1:
+            raise SimedError("uncertainty passes must be at least 1")
+        self.passes = passes
         self.phaser = Phaser(model_path, device)
         if self.phaser.classical is None:
             raise SimedError(f"the card of {model_path} does not say which classical settings the model was "
@@ -115,22 +124,33 @@ class ParticlePhaser:
 
     def __call__(self, diffractions: np.ndarray, images_lr: np.ndarray) -> PhasedBatch:
         started = time.perf_counter()
-        jobs = [(d, l, self.geometry, self.phaser.classical) for d, l in zip(diffractions, images_lr)]
+        n = len(diffractions)
+        # pass 0 is the deterministic run the model was trained on; the others start at random
+        jobs = [(d, l, self.geometry, self.phaser.classical, None if k == 0 else k)
+                for k in range(self.passes) for d, l in zip(diffractions, images_lr)]
         if self.pool is not None:
             classical = np.stack(list(self.pool.map(_classical, jobs)))
         else:
             classical = np.stack([_classical(job) for job in jobs])
         middle = time.perf_counter()
-        output = self.phaser(images_lr, classical, diffractions)
+        repeat = (self.passes,) + (1,) * (np.ndim(images_lr) - 1)
+        output = self.phaser(np.tile(images_lr, repeat), classical, np.tile(diffractions, repeat))
         value = output * TARGET_SCALES[self.phaser.target]
         if self.phaser.target == "image_hr":
             value = value + 1.0
+        value = value.reshape(self.passes, n, *value.shape[1:])
+        uncertainty = None
+        if self.passes > 1:
+            spread = value.std(axis=0).mean(axis=(1, 2))
+            uncertainty = spread / np.maximum(value.mean(axis=0).std(axis=(1, 2)), 1e-12)
+        value, classical = value.mean(axis=0), classical[:n]
         fourier_r = np.array([sigma_v_fourier_r(v if self.phaser.target == "potential" else c, d, self.geometry)
                               for v, c, d in zip(value, classical, diffractions)])
         return PhasedBatch(value.astype(np.float32), classical.astype(np.float32), fourier_r,
-                           middle - started, time.perf_counter() - middle)
+                           middle - started, time.perf_counter() - middle, uncertainty)
 
 
 def _classical(job) -> np.ndarray:
-    diffraction, image_lr, geometry, settings = job
-    return phase(np.asarray(diffraction, np.float64), np.asarray(image_lr, np.float64), geometry, settings)
+    diffraction, image_lr, geometry, settings, seed = job
+    rng = None if seed is None else np.random.default_rng(seed)
+    return phase(np.asarray(diffraction, np.float64), np.asarray(image_lr, np.float64), geometry, settings, rng)
