@@ -289,6 +289,8 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--dataset", type=Path, required=True, metavar="FILE.h5")
     evaluate.add_argument("--out", type=Path, required=True, metavar="DIR")
     evaluate.add_argument("--samples", type=int, default=8, help="orientations per protein (default 8)")
+    evaluate.add_argument("--proteins", nargs="+", default=None, metavar="ID",
+                          help="only these proteins of the dataset (e.g. the validation proteins, to select a model)")
     evaluate.add_argument("--json", action="store_true", help="print the report's means as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -301,7 +303,7 @@ def _evaluate(args) -> int:
     model = args.model or DEFAULT_MODEL
     if not args.dataset.is_file():
         raise SimedError(f"dataset {args.dataset} does not exist")
-    report = evaluate(model, args.dataset, args.out, args.samples)
+    report = evaluate(model, args.dataset, args.out, args.samples, args.proteins)
     if args.json:
         print(json.dumps({"mean": report["mean"], "median": report["median"]}))
     else:

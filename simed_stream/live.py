@@ -72,6 +72,7 @@ class _Series:
         self.ready_since = 0.0
         self.failed: str | None = None
         self.found = 0
+        self.beyond_cache: set[int] = set()  # received and captured, but not kept for phasing
 
 
 class LivePipeline:
@@ -197,6 +198,7 @@ class LivePipeline:
         if self._cached_bytes + len(chunk) > self.settings.max_cached_bytes:
             series.failed = series.failed or ("position sums beyond the live cache "
                                               f"({self.settings.max_cached_bytes} bytes): reprocess the capture")
+            series.beyond_cache.add(position)
             return
         series.sums[position] = (chunk, count, centre, valid)
         self._cached_bytes += len(chunk)
@@ -252,6 +254,10 @@ class LivePipeline:
             return
         if series.chain is not None:
             for position in series.chain.positions_needed():  # flushed incomplete or never seen
+                if position in series.beyond_cache:
+                    for particle in series.chain.waiting.pop(position):
+                        particle.flag = "its position's sum was beyond the live cache: reprocess the capture"
+                    continue
                 cached = series.sums.get(position)
                 if cached is not None:
                     self._offer(series, position, cached)

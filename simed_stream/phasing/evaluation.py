@@ -23,10 +23,13 @@ from simed_stream.phasing.inference import Phaser, sigma_v_fourier_r
 from simed_stream.phasing.preprocess import TARGET_SCALES, model_target
 
 log = logging.getLogger(__name__)
-METHODS = ("gan", "lowres_input", "classical", "gan_shuffled")
+#: gan_raw: the network's output before the data-consistency projection (an ablation in every
+#: report, for models trained with it; the same as gan for models without)
+METHODS = ("gan", "lowres_input", "classical", "gan_shuffled", "gan_raw")
 
 
 def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, samples_per_protein: int = 8,
+             proteins: list[str] | None = None,
              seed: int = 0, hio: HIOSettings = HIOSettings()) -> dict:
     phaser = Phaser(model_path)
     out = Path(out)
@@ -49,7 +52,12 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, sampl
             stored = json.loads(sidecar.attrs["identity"])["settings"]
             hio = HIOSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
         rows = []
+        unknown = sorted(set(proteins or []) - set(names))
+        if unknown:
+            raise SimedError(f"proteins {unknown} are not in {dataset} (it holds {names})")
         for p, name in enumerate(names):
+            if proteins and name not in proteins:
+                continue
             members = np.flatnonzero(protein_id == p)
             chosen = np.sort(rng.permutation(members)[:samples_per_protein])
             if len(chosen) < 2:
@@ -72,10 +80,12 @@ def _score(f, sidecar, i: int, donor: int, name: str, phaser: Phaser, geometry: 
     classical = sidecar["classical"][i] if sidecar is not None and sidecar["done"][i] else phase(diffraction, lr, geometry, hio)
     classical_shuffled = phase(shuffled_diffraction, lr, geometry, hio)
     out = phaser(np.stack([lr, lr]), np.stack([classical, classical_shuffled]), np.stack([diffraction, shuffled_diffraction]))
+    raw = phaser(lr[None], classical[None], diffraction[None], consistency=False)[0]
     target = model_target({"potential": f["potential"][i], "image_hr": f["image_hr"][i]}, phaser.target)[0]
     scale = TARGET_SCALES[phaser.target]
-    estimates = {"gan": out[0], "lowres_input": lr, "classical": classical / scale, "gan_shuffled": out[1]}
-    sigma_v = {"gan": out[0] * scale, "lowres_input": low_res_start(lr, geometry)[_crop(geometry)],
+    estimates = {"gan": out[0], "lowres_input": lr, "classical": classical / scale, "gan_shuffled": out[1],
+                 "gan_raw": raw}
+    sigma_v = {"gan": out[0] * scale, "gan_raw": raw * scale, "lowres_input": low_res_start(lr, geometry)[_crop(geometry)],
                "classical": classical, "gan_shuffled": out[1] * scale}
     pixel = geometry.image_pixel_A
     row = {"index": i, "protein": name, "frc_curve": {}, "frc05_A": {}, "ssim": {}, "fourier_r": {}}

@@ -67,11 +67,13 @@ class Phaser:
         return self.card.get("sha256", "")
 
     @torch.no_grad()
-    def __call__(self, images_lr: np.ndarray, classicals: np.ndarray, diffractions: np.ndarray) -> np.ndarray:
+    def __call__(self, images_lr: np.ndarray, classicals: np.ndarray, diffractions: np.ndarray,
+                 consistency: bool | None = None) -> np.ndarray:
+        """consistency: None = as trained (the card); False = the raw network output (ablation)."""
         inputs = torch.as_tensor(np.stack([model_inputs(l, c) for l, c in zip(images_lr, classicals)]), device=self.device)
         with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             output = self.generator(inputs).float()
-        if self.card["consistency"]:
+        if self.card["consistency"] if consistency is None else consistency:
             n = self.geometry.grid_px
             parts = [measured_amplitudes(d.astype(np.float64), self.geometry) for d in diffractions]
             amplitude = torch.as_tensor(np.stack([a[:, : n // 2 + 1] for a, _, _ in parts]) / TARGET_SCALES[self.target],
