@@ -291,6 +291,8 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--samples", type=int, default=8, help="orientations per protein (default 8)")
     evaluate.add_argument("--proteins", nargs="+", default=None, metavar="ID",
                           help="only these proteins of the dataset (e.g. the validation proteins, to select a model)")
+    evaluate.add_argument("--passes", type=int, default=1, metavar="K",
+                          help="K>1 also scores gan_ensemble: the mean over K classical starts (as --uncertainty-passes)")
     evaluate.add_argument("--json", action="store_true", help="print the report's means as JSON")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -303,7 +305,9 @@ def _evaluate(args) -> int:
     model = args.model or DEFAULT_MODEL
     if not args.dataset.is_file():
         raise SimedError(f"dataset {args.dataset} does not exist")
-    report = evaluate(model, args.dataset, args.out, args.samples, args.proteins)
+    if args.passes < 1:
+        raise SimedError("--passes must be at least 1")
+    report = evaluate(model, args.dataset, args.out, args.samples, args.proteins, passes=args.passes)
     if args.json:
         print(json.dumps({"mean": report["mean"], "median": report["median"]}))
     else:

@@ -90,5 +90,9 @@ def test_evaluate_scores_every_method_and_writes_the_report(tmp_path, tiny_datas
     assert all(0 <= r["fourier_r"]["classical"] < 2 for r in report["per_sample"])
     for name in ("report.json", "frc.png", "gallery.png"):
         assert (tmp_path / "eval" / name).stat().st_size > 100
+    ensemble = evaluate(model, tiny_dataset, tmp_path / "eval-k2", samples_per_protein=2, proteins=["1ubq"],
+                        hio=HIOSettings(hio_iterations=40, er_iterations=10), passes=2)
+    assert ensemble["samples"] == 2 and set(ensemble["per_protein"]) == {"1ubq"}
+    assert set(ensemble["mean"]["frc05_A"]) == set(METHODS) | {"gan_ensemble"}
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert saved["mean"]["frc05_A"]["gan"] == pytest.approx(report["mean"]["frc05_A"]["gan"], nan_ok=True)

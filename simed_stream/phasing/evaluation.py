@@ -29,8 +29,10 @@ METHODS = ("gan", "lowres_input", "classical", "gan_shuffled", "gan_raw")
 
 
 def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, samples_per_protein: int = 8,
-             proteins: list[str] | None = None,
-             seed: int = 0, hio: HIOSettings = HIOSettings()) -> dict:
+             proteins: list[str] | None = None, seed: int = 0, hio: HIOSettings = HIOSettings(),
+             passes: int = 1) -> dict:
+    """passes > 1 adds `gan_ensemble`: the mean of the network's outputs for the stored classical
+    run and passes − 1 more from random starts (what `--uncertainty-passes` does live)."""
     phaser = Phaser(model_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -64,7 +66,7 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, sampl
                 raise SimedError(f"{name} has fewer than 2 samples: the shuffled control needs another orientation")
             donors = np.roll(chosen, 1)  # another orientation of the same protein
             for i, donor in zip(chosen, donors):
-                rows.append(_score(f, sidecar, int(i), int(donor), name, phaser, geometry, hio))
+                rows.append(_score(f, sidecar, int(i), int(donor), name, phaser, geometry, hio, passes))
         if sidecar is not None:
             sidecar.close()
     report = _report(rows, phaser, dataset, seen)
@@ -73,7 +75,8 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, sampl
     return report
 
 
-def _score(f, sidecar, i: int, donor: int, name: str, phaser: Phaser, geometry: Geometry, hio: HIOSettings) -> dict:
+def _score(f, sidecar, i: int, donor: int, name: str, phaser: Phaser, geometry: Geometry, hio: HIOSettings,
+           passes: int = 1) -> dict:
     lr = f["image_lr"][i].astype(np.float64)
     diffraction = f["diffraction"][i].astype(np.float64)
     shuffled_diffraction = f["diffraction"][donor].astype(np.float64)
@@ -85,11 +88,15 @@ def _score(f, sidecar, i: int, donor: int, name: str, phaser: Phaser, geometry: 
     scale = TARGET_SCALES[phaser.target]
     estimates = {"gan": out[0], "lowres_input": lr, "classical": classical / scale, "gan_shuffled": out[1],
                  "gan_raw": raw}
-    sigma_v = {"gan": out[0] * scale, "gan_raw": raw * scale, "lowres_input": low_res_start(lr, geometry)[_crop(geometry)],
+    if passes > 1:
+        extra = np.stack([phase(diffraction, lr, geometry, hio, np.random.default_rng(k)) for k in range(1, passes)])
+        more = phaser(np.repeat(lr[None], passes - 1, 0), extra, np.repeat(diffraction[None], passes - 1, 0))
+        estimates["gan_ensemble"] = (out[0] + more.sum(0)) / passes
+    sigma_v = {"gan": out[0] * scale, "gan_raw": raw * scale, "gan_ensemble": estimates.get("gan_ensemble", out[0]) * scale, "lowres_input": low_res_start(lr, geometry)[_crop(geometry)],
                "classical": classical, "gan_shuffled": out[1] * scale}
     pixel = geometry.image_pixel_A
     row = {"index": i, "protein": name, "frc_curve": {}, "frc05_A": {}, "ssim": {}, "fourier_r": {}}
-    for method, image in estimates.items():
+    for method, image in estimates.items():  # gan_ensemble only when passes > 1
         curve = frc(image, target, pixel)
         row["frc_curve"][method] = curve.frc.tolist()
         row["frc05_A"][method] = curve.resolution_A(0.5)
@@ -107,15 +114,17 @@ def _crop(geometry: Geometry):
 
 
 def _report(rows: list[dict], phaser: Phaser, dataset, seen: list[str]) -> dict:
+    methods = [m for m in METHODS + ("gan_ensemble",) if m in rows[0]["frc05_A"]]
+
     def mean(key, subset):
-        return {m: float(np.nanmean([r[key][m] for r in subset])) for m in METHODS}
+        return {m: float(np.nanmean([r[key][m] for r in subset])) for m in methods}
 
     proteins = sorted({r["protein"] for r in rows})
     return {
         "dataset": str(dataset), "model_sha256": phaser.card.get("sha256"), "target": phaser.target,
         "samples": len(rows), "proteins_seen_in_training": seen,
         "mean": {key: mean(key, rows) for key in ("frc05_A", "ssim", "fourier_r")},
-        "median": {"frc05_A": {m: float(np.nanmedian([r["frc05_A"][m] for r in rows])) for m in METHODS}},
+        "median": {"frc05_A": {m: float(np.nanmedian([r["frc05_A"][m] for r in rows])) for m in methods}},
         "per_protein": {p: {key: mean(key, [r for r in rows if r["protein"] == p])
                             for key in ("frc05_A", "ssim", "fourier_r")} for p in proteins},
         "per_sample": [{k: r[k] for k in ("index", "protein", "frc05_A", "ssim", "fourier_r")} for r in rows],
