@@ -25,6 +25,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tools/bench_simulate.py
+	$(BIN)/python tools/bench_ingest.py
+	$(BIN)/python tools/bench_phasing.py
+	$(BIN)/python tools/bench_reprocess.py
+	$(BIN)/python tools/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) simed-demo .pytest_cache

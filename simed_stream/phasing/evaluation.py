@@ -45,7 +45,7 @@ def evaluate(model_path: str | Path, dataset: str | Path, out: str | Path, sampl
         names = [n.decode() if isinstance(n, bytes) else n for n in f["protein_name"][:]]
         protein_id = f["protein_id"][:]
         trained_on = set(phaser.card["training"]["proteins"])
-        seen = sorted(trained_on & set(names))
+        seen = sorted(trained_on & (set(proteins) if proteins else set(names)))
         if seen:
             log.warning("proteins %s were used in training: their scores do not measure generalisation", seen)
         sidecar_path = Path(dataset).with_suffix(".classical.h5")
