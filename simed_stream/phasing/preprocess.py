@@ -17,6 +17,11 @@ TARGET_SCALES = {"potential": 0.05, "image_hr": 0.1}  # rad; the hr contrast is 
 INPUT_CHANNELS = ("image_lr", "classical")
 
 
+#: how `model_inputs` normalises, as written into model cards
+INPUT_NORMALISATION = {"image_lr": "(image - median) / std, per image",
+                       "classical": f"classical sigma*V (rad) / {CLASSICAL_SCALE}"}
+
+
 def model_inputs(image_lr: np.ndarray, classical: np.ndarray) -> np.ndarray:
     """(2, S, S) float32 from one particle's low-res image and classical σV."""
     lr = np.asarray(image_lr, np.float64)

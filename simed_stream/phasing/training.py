@@ -28,7 +28,7 @@ from simed_stream.errors import SimedError
 from simed_stream.metrics import frc, ring_index
 from simed_stream.phasing.classical import Geometry, measured_amplitudes
 from simed_stream.phasing.network import PatchDiscriminator, UNetGenerator, data_consistency
-from simed_stream.phasing.preprocess import INPUT_CHANNELS, TARGET_SCALES, model_inputs, model_target
+from simed_stream.phasing.preprocess import INPUT_CHANNELS, INPUT_NORMALISATION, TARGET_SCALES, model_inputs, model_target
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class TripletData:
                 if self.geometry not in (None, geometry):
                     raise SimedError(f"{path} has another geometry than the first dataset")
                 self.geometry = geometry
+                self.preset = str(f.attrs.get("preset", "custom"))
                 settings = json.loads(c.attrs["identity"])["settings"]
                 if self.classical_settings not in (None, settings):
                     raise SimedError(f"{sidecar} was computed with other classical settings than the first dataset's")
@@ -263,6 +264,7 @@ def export_model(out: Path, generator, config: TrainConfig, data: TripletData, s
         "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "architecture": {"name": "UNetGenerator", "in_channels": list(INPUT_CHANNELS), "width": config.width,
                          "depth": config.depth},
+        "preset": data.preset, "input_normalisation": INPUT_NORMALISATION,
         "target": config.target, "target_scale": TARGET_SCALES[config.target], "consistency": config.consistency,
         "geometry": data.geometry.__dict__, "classical": data.classical_settings,
         "training": {"datasets": config.datasets, "proteins": sorted(set(data.protein) - set(config.validation_proteins)),
