@@ -261,9 +261,9 @@ class LivePipeline:
                 cached = series.sums.get(position)
                 if cached is not None:
                     self._offer(series, position, cached)
-        self._finish(summary.series_id, list(summary.notes))
+        self._finish(summary.series_id, list(summary.notes), summary.accounting)
 
-    def _finish(self, series_id: str, notes: list[str]) -> None:
+    def _finish(self, series_id: str, notes: list[str], accounting: dict | None = None) -> None:
         series = self._series.pop(series_id)
         self._release(series)
         if series.chain is not None:
@@ -271,12 +271,12 @@ class LivePipeline:
                 self._tasks.put(("phase", series_id, (series.chain, series.ready)))
             if series.failed:  # e.g. position sums dropped from the live cache: say why particles lack data
                 notes = notes + [series.failed]
-            self._tasks.put(("finish", series_id, (series.chain, notes)))
+            self._tasks.put(("finish", series_id, (series.chain, notes, accounting)))
         else:
             status = series.failed or NO_OVERVIEW
             result = SeriesResult(series_id, self._series_dir(series_id), status,
                                   notes=notes + ["captured frames kept in captures/; `simed reprocess` it once "
-                                                 "an overview is added"])
+                                                 "an overview is added"], accounting=accounting)
             self._done(result, save=True)
         with self._lock:
             self._counters["series_open"] = len(self._series)
@@ -315,8 +315,8 @@ class LivePipeline:
                     if series_id in self._overview_at:
                         self.latency_s[series_id] = time.monotonic() - self._overview_at[series_id]
                 elif kind == "finish":
-                    chain, notes = payload
-                    result = chain.finish(notes)
+                    chain, notes, accounting = payload
+                    result = chain.finish(notes, accounting)
                     with self._lock:
                         self._counters["particles_flagged"] += sum(result.flagged.values())
                     self._done(result)

@@ -48,6 +48,7 @@ class SeriesResult:
     pick_score: dict | None = None
     frc05_A_vs_truth: dict | None = None
     notes: list[str] = field(default_factory=list)
+    accounting: dict | None = None  # the capture's frame accounting (received, missing, ...)
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -116,8 +117,9 @@ class SeriesChain:
         self.phased.extend(zip(batch, phased.sigma_v, phased.fourier_r.tolist()))
         self.result.phased += len(batch)
 
-    def finish(self, notes: list[str] = ()) -> SeriesResult:
+    def finish(self, notes: list[str] = (), accounting: dict | None = None) -> SeriesResult:
         """Flag particles whose positions never came; report. Call after the last `phase`."""
+        self.result.accounting = accounting
         for particles in self.waiting.values():
             for particle in particles:
                 particle.flag = "its scan position was never received"
@@ -203,14 +205,15 @@ class SeriesProcessor:
         self.settings = settings
 
     def run(self, series_id: str, out_dir: Path, overview: np.ndarray, calibration: ScanCalibration,
-            positions, bad_pixels: np.ndarray | None, truth: dict | None = None) -> SeriesResult:
+            positions, bad_pixels: np.ndarray | None, truth: dict | None = None,
+            accounting: dict | None = None) -> SeriesResult:
         chain = SeriesChain(self.phaser, self.settings, series_id, out_dir, overview, calibration, bad_pixels, truth)
         ready = []
         for position in chain.positions_needed():
             ready.extend(chain.offer(position, positions(position)))
         for first in range(0, len(ready), self.settings.batch_size):
             chain.phase(ready[first : first + self.settings.batch_size])
-        return chain.finish()
+        return chain.finish(accounting=accounting)
 
 
 # ------------------------------------------------------------------ offline: from a capture
@@ -243,7 +246,8 @@ def reprocess_capture(path: Path, out_dir: Path, processor: SeriesProcessor) -> 
             overviews = list(f["overviews"].values()) if "overviews" in f else []
             if not overviews:
                 result = SeriesResult(series_id, out_dir, NO_OVERVIEW, notes=notes + [
-                    f"{int((reader.frame_status == 1).sum())} captured frames kept in {path}"])
+                    f"{int((reader.frame_status == 1).sum())} captured frames kept in {path}"],
+                    accounting=reader.accounting)
                 _write_result(out_dir, result)
                 return result
             overview_ds = overviews[-1]
@@ -256,7 +260,8 @@ def reprocess_capture(path: Path, out_dir: Path, processor: SeriesProcessor) -> 
             def positions(index: int):
                 return sums[index], int(counts[index]), centres[index], bool(valid[index])
 
-            result = processor.run(series_id, out_dir, overview, calibration, positions, bad, read_truth(f))
+            result = processor.run(series_id, out_dir, overview, calibration, positions, bad, read_truth(f),
+                                   reader.accounting)
         except (OSError, KeyError) as error:
             raise SimedError(f"{path} is damaged or truncated: {error}") from None
     result.notes = notes + result.notes

@@ -47,6 +47,10 @@ def _plot(path: Path, result, overview, particles, good, phased_images, truth) -
     text = fig.add_subplot(grid[0, 2])
     text.axis("off")
     lines = [f"status: {result.status}", f"picks: {result.picks}", f"phased: {result.phased}"]
+    if result.accounting:
+        a = result.accounting
+        lines.append(f"frames: {a.get('received')} of {a.get('frames_expected')} received, "
+                     f"{a.get('missing')} missing, {a.get('rejected')} rejected")
     lines += [f"flagged ({n}): {reason}" for reason, n in result.flagged.items()]
     if result.pick_score:
         s = result.pick_score
