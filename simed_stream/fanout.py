@@ -51,6 +51,7 @@ class PhasingFanout:
         self.jobs_endpoint = jobs_endpoint or f"ipc://{self._tmp.name}/jobs.sock"
         self.results_endpoint = results_endpoint or f"ipc://{self._tmp.name}/results.sock"
         self.timeout_s = timeout_s
+        self._closed = False
         self.context = zmq.Context()
         self.push = self.context.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
@@ -70,7 +71,16 @@ class PhasingFanout:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _check_workers(self) -> None:
+        """Local workers that died (e.g. out of memory) would leave jobs unanswered: say so now."""
+        dead = [p.returncode for p in self.processes if p.poll() is not None]
+        if self.processes and len(dead) == len(self.processes):
+            raise RuntimeError(f"all {len(dead)} phasing workers exited (codes {dead})")
+
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for process in self.processes:
             process.terminate()
         for process in self.processes:
@@ -89,17 +99,24 @@ class PhasingFanout:
         (`_function` is accepted for executor compatibility; workers only ever run `phase`.)"""
         jobs = list(jobs)
         batch = uuid.uuid4().hex
+        deadline = time.monotonic() + self.timeout_s
         for index, (diffraction, image_lr, geometry, settings, *seed) in enumerate(jobs):
             header = {"batch": batch, "index": index, "geometry": asdict(geometry), "settings": asdict(settings),
                       "seed": seed[0] if seed else None,
                       "diffraction_shape": list(np.shape(diffraction)), "image_lr_shape": list(np.shape(image_lr))}
+            # PUSH blocks while no worker is connected: wait for room, never past the deadline
+            while not self.push.poll(timeout=1000, flags=zmq.POLLOUT):
+                self._check_workers()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no phasing worker took a job within {self.timeout_s:g} s")
             self.push.send_multipart([json.dumps(header).encode(), _array_part(diffraction), _array_part(image_lr)])
         results: dict[int, np.ndarray] = {}
-        deadline = time.monotonic() + self.timeout_s
         while len(results) < len(jobs):
-            if not self.pull.poll(timeout=max(1, int(1000 * (deadline - time.monotonic())))):
-                raise TimeoutError(f"{len(jobs) - len(results)} phasing job(s) unanswered after {self.timeout_s:g} s; "
-                                   "are the workers running?")
+            self._check_workers()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(jobs) - len(results)} phasing job(s) unanswered after {self.timeout_s:g} s")
+            if not self.pull.poll(timeout=1000):
+                continue
             parts = self.pull.recv_multipart()
             try:
                 header = json.loads(parts[0])

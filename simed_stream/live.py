@@ -53,6 +53,7 @@ class LiveSettings:
     event_queue: int = 4096
     phasing_workers: int = 0  # >0: classical phasing in that many worker processes over ZeroMQ (fanout.py)
     status_interval_s: float = 1.0
+    phasing_join_timeout_s: float = 600.0  # at stop: how long queued batches may still take
 
 
 def _decompress(chunk: bytes, dtype: np.dtype, shape) -> np.ndarray:
@@ -86,18 +87,20 @@ class LivePipeline:
         self.out_dir = Path(settings.out_dir)
         check_writable(self.out_dir)
         self.fanout = None
-        if phaser is None and settings.phasing_workers > 0:
+        self.phaser = phaser or ParticlePhaser(settings.model, settings.device, passes=settings.chain.uncertainty_passes)
+        if settings.phasing_workers > 0:  # after the model loaded: a bad model leaves no workers behind
             from simed_stream.fanout import PhasingFanout
 
             self.fanout = PhasingFanout(settings.phasing_workers)
-        self.phaser = phaser or ParticlePhaser(settings.model, settings.device, pool=self.fanout,
-                                               passes=settings.chain.uncertainty_passes)
+            self.phaser.pool = self.fanout
         self.max_series = max_series
         self.on_status = on_status
         self.results: list[SeriesResult] = []
         self.errors: list[str] = []
         self._events: queue.Queue = queue.Queue(maxsize=settings.event_queue)
-        self._tasks: queue.Queue = queue.Queue()  # batches and finishes, in order; bounded by particles
+        # batches and finishes, in order; bounded, so a phaser that falls behind blocks the event
+        # thread, whose full queue then back-pressures the receiver (memory stays bounded)
+        self._tasks: queue.Queue = queue.Queue(maxsize=64)
         self._series: dict[str, _Series] = {}
         self._cached_bytes = 0
         self._stop = threading.Event()
@@ -133,6 +136,8 @@ class LivePipeline:
         try:
             self.receiver.start()
         except zmq.ZMQError as error:
+            if self.fanout is not None:
+                self.fanout.close()
             raise SimedError(f"cannot connect to {self.settings.data_endpoint}: {error}") from None
         threads = [threading.Thread(target=self._event_loop, name="simed-live-events", daemon=True),
                    threading.Thread(target=self._phase_loop, name="simed-live-phasing", daemon=True)]
@@ -151,7 +156,10 @@ class LivePipeline:
             self._events.put(("drain", None))
             threads[0].join()
             self._tasks.put(("quit", None, None))
-            threads[1].join()
+            threads[1].join(timeout=self.settings.phasing_join_timeout_s)
+            if threads[1].is_alive():
+                log.error("phasing did not finish within %g s of the stop; its captures are complete",
+                          self.settings.phasing_join_timeout_s)
             if self.fanout is not None:
                 self.fanout.close()
             self.write_status(final=True)
@@ -169,9 +177,11 @@ class LivePipeline:
                 kind, payload = "tick", None
             try:
                 if kind == "drain":
-                    for series_id in list(self._series):  # the receiver closed them all already
-                        self._finish(series_id, ["stopped before the series closed"])
-                    return
+                    try:
+                        for series_id in list(self._series):  # the receiver closed them all already
+                            self._finish(series_id, ["stopped before the series closed"])
+                    finally:
+                        return
                 getattr(self, f"_on_{kind}")(payload)
             except Exception as error:  # one series' failure must not stop the others
                 log.exception("live pipeline: %s event failed", kind)
@@ -215,7 +225,7 @@ class LivePipeline:
             bad = start.pixel_mask.astype(bool) if start.pixel_mask is not None else None
             series.chain = SeriesChain(self.phaser, self.settings.chain, series_id, self._series_dir(series_id),
                                        message.image.astype(np.float64), calibration, bad)
-        except SimedError as error:
+        except Exception as error:  # unusable overview or calibration: say which, keep ingesting
             series.failed = f"not phased: {error}"
             log.error("series %s: %s", series_id, error)
             return
@@ -273,10 +283,12 @@ class LivePipeline:
                 notes = notes + [series.failed]
             self._tasks.put(("finish", series_id, (series.chain, notes, accounting)))
         else:
-            status = series.failed or NO_OVERVIEW
-            result = SeriesResult(series_id, self._series_dir(series_id), status,
-                                  notes=notes + ["captured frames kept in captures/; `simed reprocess` it once "
-                                                 "an overview is added"], accounting=accounting)
+            cache_only = series.failed is not None and "live cache" in series.failed
+            status = NO_OVERVIEW if series.failed is None or cache_only else series.failed
+            advice = ("captured frames kept in captures/; `simed reprocess` it once an overview is added"
+                      if status == NO_OVERVIEW else "captured frames kept in captures/")
+            result = SeriesResult(series_id, self._series_dir(series_id), status, accounting=accounting,
+                                  notes=notes + ([series.failed] if cache_only else []) + [advice])
             self._done(result, save=True)
         with self._lock:
             self._counters["series_open"] = len(self._series)
@@ -330,8 +342,8 @@ class LivePipeline:
                     if chain.result.status == "phased":
                         chain.result.status = f"failed: {error}"
                 elif kind == "finish":
-                    self._done(SeriesResult(series_id, chain.result.out_dir, f"failed: {error}",
-                                            picks=chain.result.picks, phased=chain.result.phased), save=True)
+                    chain.result.status = f"failed: {error}"  # keep its flags, notes and accounting
+                    self._done(chain.result, save=True)
 
     def _done(self, result: SeriesResult, save: bool = False) -> None:
         if result.series_id in self.latency_s:

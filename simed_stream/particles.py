@@ -37,13 +37,18 @@ class ScanCalibration:
     @classmethod
     def from_headers(cls, series_start: dict, overview_header: dict) -> "ScanCalibration":
         try:
-            return cls(tuple(series_start["scan"]["nav_shape"]), int(series_start["scan"]["frames_per_position"]),
-                       tuple(series_start["detector"]["sig_shape"]), float(series_start["optics"]["mrad_per_px"]),
-                       float(series_start["optics"]["energy_eV"]), float(overview_header["pixel_size_A"]),
-                       np.asarray(overview_header["affine_scan_to_overview"], np.float64))
+            calibration = cls(tuple(series_start["scan"]["nav_shape"]), int(series_start["scan"]["frames_per_position"]),
+                              tuple(series_start["detector"]["sig_shape"]), float(series_start["optics"]["mrad_per_px"]),
+                              float(series_start["optics"]["energy_eV"]), float(overview_header["pixel_size_A"]),
+                              np.asarray(overview_header["affine_scan_to_overview"], np.float64))
         except (KeyError, TypeError, ValueError) as error:
             raise SimedError(f"the series lacks calibration the phaser needs: {error!r} "
                              "(optics.mrad_per_px, optics.energy_eV, the overview's pixel size and affine)") from None
+        linear = calibration.affine[:2, :2] if calibration.affine.shape == (2, 3) else None
+        if linear is None or not np.all(np.isfinite(calibration.affine)) or np.linalg.cond(linear) > 1e6:
+            raise SimedError(f"the overview's scan→overview affine {calibration.affine.tolist()} is not an "
+                             "invertible 2×3 matrix: scan positions cannot be matched")
+        return calibration
 
     def overview_to_scan(self, yx_px: np.ndarray) -> np.ndarray:
         """(n, 2) overview (row, col) → (n, 2) fractional scan (y, x)."""

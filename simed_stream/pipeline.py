@@ -250,7 +250,8 @@ def reprocess_capture(path: Path, out_dir: Path, processor: SeriesProcessor) -> 
                     accounting=reader.accounting)
                 _write_result(out_dir, result)
                 return result
-            overview_ds = overviews[-1]
+            # the first overview sent (lowest msg_seq), as the live path uses the first to arrive
+            overview_ds = min(overviews, key=lambda d: json.loads(d.attrs["header"]).get("msg_seq", 0))
             overview = overview_ds[:].astype(np.float64)
             calibration = ScanCalibration.from_headers(reader.series_start, json.loads(overview_ds.attrs["header"]))
             sums, counts = f["positions/sum"], f["positions/frame_count"][:]
@@ -303,8 +304,11 @@ def reprocess_one(capture: Path, out_root: Path, model_path: Path, settings: Cha
             raise SimedError(f"capture {capture} does not exist")
         processor = SeriesProcessor(ParticlePhaser(model_path, device, passes=settings.uncertainty_passes), settings)
         return reprocess_capture(Path(capture), out_dir, processor)
-    except SimedError as error:
-        log.error("%s: %s", capture, error)
+    except Exception as error:  # one capture's problem must not stop the others (or a Dask gather)
+        if not isinstance(error, SimedError):
+            log.exception("%s: unexpected failure", capture)
+        else:
+            log.error("%s: %s", capture, error)
         result = SeriesResult(Path(capture).stem, out_dir, f"failed: {error}")
         _write_result(out_dir, result)
         return result

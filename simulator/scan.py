@@ -112,12 +112,12 @@ class ScanScene:
             self.sample = np.sort(rng.choice(done, settings.particles, replace=False))
             names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["protein_name"][:]]
             self.protein = [names[i] for i in f["protein_id"][:][self.sample]]
-            self.orientation = f["orientation"][:][self.sample]
-            self.diffraction = f["diffraction"][:][self.sample].astype(np.float64)
-            self.image_lr_clean = f["image_lr_clean"][:][self.sample].astype(np.float64)
-            self.image_hr = f["image_hr"][:][self.sample]
-            self.potential = f["potential"][:][self.sample]
-            self.lr_dose_e_per_A2 = float(np.mean(f["dose_e_per_A2"][:][self.sample]))
+            self.orientation = f["orientation"][self.sample.tolist()]
+            self.diffraction = f["diffraction"][self.sample.tolist()].astype(np.float64)
+            self.image_lr_clean = f["image_lr_clean"][self.sample.tolist()].astype(np.float64)
+            self.image_hr = f["image_hr"][self.sample.tolist()]
+            self.potential = f["potential"][self.sample.tolist()]
+            self.lr_dose_e_per_A2 = float(np.mean(f["dose_e_per_A2"][self.sample.tolist()]))
         size = int(self.attrs["image_size_px"])
         self.pixel_A = float(self.attrs["image_pixel_A"])
         self.step_px = size  # one image field per scan step: a particle fits in one beam footprint

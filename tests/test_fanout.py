@@ -34,3 +34,16 @@ def test_fanout_reports_a_bad_job_instead_of_hanging(physics_dataset):
             assert "phasing worker failed" in str(error)
         else:
             raise AssertionError("a job the worker cannot phase must raise")
+
+
+def test_fanout_without_workers_times_out_instead_of_hanging(physics_dataset):
+    with h5py.File(physics_dataset, "r") as f:
+        geometry = Geometry.from_attrs(f.attrs)
+        job = (f["diffraction"][0].astype(np.float64), f["image_lr"][0].astype(np.float64), geometry, SETTINGS)
+    with PhasingFanout(workers=0, timeout_s=1.5) as pool:
+        try:
+            pool.map(None, [job])
+        except TimeoutError as error:
+            assert "no phasing worker" in str(error)
+        else:
+            raise AssertionError("with nobody to take the job, map must time out")

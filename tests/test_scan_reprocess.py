@@ -569,3 +569,20 @@ def test_uncertainty_passes_average_random_starts(physics_dataset, tiny_model):
     assert not np.array_equal(triple.sigma_v, single.sigma_v)
     with pytest.raises(SimedError):
         ParticlePhaser(tiny_model, "cpu", passes=0)
+
+
+def test_singular_affine_is_refused_by_name():
+    header = {"scan": {"nav_shape": [5, 5], "frames_per_position": 2}, "detector": {"sig_shape": [256, 256]},
+              "optics": {"mrad_per_px": 0.179, "energy_eV": 200e3}}
+    with pytest.raises(SimedError, match="not an invertible"):
+        ScanCalibration.from_headers(header, {"pixel_size_A": 0.55, "affine_scan_to_overview": [[0, 0, 100], [0, 0, 100]]})
+
+
+def test_a_model_file_that_is_not_its_cards_is_refused(tmp_path, tiny_model):
+    from simed_stream.phasing.inference import Phaser
+
+    folder = tmp_path / "swapped"
+    shutil.copytree(os.path.dirname(tiny_model), folder)
+    torch.save({k: v + 1 for k, v in torch.load(folder / "model.pt", weights_only=True).items()}, folder / "model.pt")
+    with pytest.raises(SimedError, match="not the file its card describes"):
+        Phaser(folder / "model.pt", "cpu")

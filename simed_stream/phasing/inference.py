@@ -9,6 +9,7 @@ the particle's own measured diffraction — the quality number that needs no gro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -46,21 +47,28 @@ class Phaser:
         try:
             self.card = json.loads(card_path.read_text())
             arch = self.card["architecture"]
+            name, width, depth, channels = arch["name"], int(arch["width"]), int(arch["depth"]), arch["in_channels"]
             self.geometry = Geometry(**self.card["geometry"])
             self.target = self.card["target"]
+            if self.target not in TARGET_SCALES or not isinstance(self.card["consistency"], bool):
+                raise ValueError(f"target {self.target!r} / consistency {self.card['consistency']!r}")
+            stored = self.card.get("classical")
+            self.classical = None if stored is None else HIOSettings(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
         except (ValueError, KeyError, TypeError) as error:
-            raise SimedError(f"{card_path} is not a simed model card: {error}") from None
+            raise SimedError(f"{card_path} is not a usable simed model card: {error!r}") from None
+        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+        if self.card.get("sha256") != digest:
+            raise SimedError(f"{model_path} is not the file its card describes (sha256 {digest[:12]}…, card "
+                             f"{str(self.card.get('sha256'))[:12]}…): the card's evaluation would not apply")
         self.device = select_device(device)
-        self.generator = UNetGenerator(len(arch["in_channels"]), 1, arch["width"], arch["depth"]).to(self.device)
+        self.generator = UNetGenerator(len(channels), 1, width, depth).to(self.device)
         try:
             state = torch.load(model_path, map_location=self.device, weights_only=True)
             self.generator.load_state_dict(state)
         except Exception as error:  # a corrupt or foreign file: say which
-            raise SimedError(f"cannot load {model_path} as this card's {arch['name']}: {error}") from None
+            raise SimedError(f"cannot load {model_path} as this card's {name}: {error}") from None
         self.generator.eval()
-        stored = self.card.get("classical")
-        self.classical = None if stored is None else HIOSettings(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
 
     @property
     def sha256(self) -> str:
