@@ -45,13 +45,28 @@ def test_training_runs_checkpoints_resumes_and_exports(tmp_path, tiny_dataset):
     generator.load_state_dict(state)
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())
     assert card["training"]["validation_proteins"] == ["1ubq"] and card["training"]["proteins"] == ["1bpi"]
-    assert card["training"]["steps"] == 4
+    # model.pt is the best validated checkpoint (GAN training can collapse), not the last
+    validated = [(float(r["val_frc05_A"]), int(r["step"])) for r in rows if r["val_frc05_A"]]
+    assert card["training"]["steps"] == min(validated)[1]
     # resume: more steps continue from the checkpoint, not from scratch
     train(_config(tmp_path, tiny_dataset, steps=6))
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
     with pytest.raises(SimedError, match="another configuration"):
         train(_config(tmp_path, tiny_dataset, steps=8, learning_rate=1e-3))
+
+
+def test_fine_tuning_without_the_adversary(tmp_path, tiny_dataset):
+    """λ = 0 trains on reconstruction only (no discriminator step); init_generator starts from a model."""
+    first = train(_config(tmp_path, tiny_dataset, steps=2))
+    start = torch.load(first, weights_only=True)
+    tuned = train(_config(tmp_path, tiny_dataset, out=str(tmp_path / "tuned"), steps=2, lambda_adversarial=0.0,
+                          init_generator=str(first), learning_rate=1e-9))
+    rows = list(csv.DictReader(open(tmp_path / "tuned" / "metrics.csv")))
+    assert all(float(r["discriminator"]) == 0.0 and float(r["generator_adversarial"]) == 0.0 for r in rows)
+    after = torch.load(tuned, weights_only=True)
+    # a vanishing learning rate: the tuned model is the initial one, not a fresh random network
+    assert all(torch.allclose(start[k], after[k], atol=1e-5) for k in start)
 
 
 def test_split_errors_are_specific(tmp_path, tiny_dataset):

@@ -53,6 +53,7 @@ class TrainConfig(StrictModel):
     validation_samples: int = Field(32, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_minutes: Optional[float] = Field(None, gt=0, description="stop (and checkpoint) after this wall time")
+    init_generator: Optional[str] = Field(None, description="start from this model.pt (fine-tuning); a new run only")
 
 
 class TripletData:
@@ -151,6 +152,10 @@ def train(config: TrainConfig) -> Path:
     step = 0
     checkpoint = out / "checkpoint.pt"
     identity = config.model_dump_json(exclude={"steps", "max_minutes", "out"})
+    best_frc = float("inf")
+    if config.init_generator and not checkpoint.exists():
+        generator.load_state_dict(torch.load(config.init_generator, map_location=device, weights_only=True))
+        log.info("generator initialised from %s", config.init_generator)
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         if state["identity"] != identity:
@@ -160,6 +165,7 @@ def train(config: TrainConfig) -> Path:
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         step = int(state["step"])
+        best_frc = float(state.get("best_val_frc05_A", float("inf")))
         rng = np.random.default_rng([config.seed, step])
         log.info("resuming from step %d", step)
     bce = torch.nn.BCEWithLogitsLoss()
@@ -182,18 +188,20 @@ def train(config: TrainConfig) -> Path:
                 output = generator(batch["inputs"])
             if config.consistency:
                 output = data_consistency(output.float(), batch["amplitude"], batch["known"], data.geometry.grid_px)
-            # discriminator: real (inputs, target) against fake (inputs, output)
-            with torch.autocast(device.type, enabled=amp):
-                real = discriminator(batch["inputs"], batch["target"])
-                fake = discriminator(batch["inputs"], output.detach())
-                loss_d = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
-            opt_d.zero_grad(set_to_none=True)
-            scaler.scale(loss_d).backward()
-            scaler.step(opt_d)
-            # generator: reconstruction + λ adversarial
-            with torch.autocast(device.type, enabled=amp):
-                judged = discriminator(batch["inputs"], output)
-                loss_adv = bce(judged, torch.ones_like(judged))
+            adversarial = config.lambda_adversarial > 0  # λ = 0: reconstruction only (an ablation)
+            loss_d = loss_adv = torch.zeros((), device=device)
+            if adversarial:  # discriminator: real (inputs, target) against fake (inputs, output)
+                with torch.autocast(device.type, enabled=amp):
+                    real = discriminator(batch["inputs"], batch["target"])
+                    fake = discriminator(batch["inputs"], output.detach())
+                    loss_d = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
+                opt_d.zero_grad(set_to_none=True)
+                scaler.scale(loss_d).backward()
+                scaler.step(opt_d)
+                # generator: reconstruction + λ adversarial
+                with torch.autocast(device.type, enabled=amp):
+                    judged = discriminator(batch["inputs"], output)
+                    loss_adv = bce(judged, torch.ones_like(judged))
             loss_rec = whitened_mse(output, batch["target"], weights)
             loss_g = loss_rec + config.lambda_adversarial * loss_adv
             opt_g.zero_grad(set_to_none=True)
@@ -209,8 +217,10 @@ def train(config: TrainConfig) -> Path:
                 val_loss, val_frc = validate(generator, data, val_idx, config, device, weights)
                 row[5:] = [f"{val_loss:.5g}", f"{val_frc:.3f}"]
                 bar.set_postfix(val_frc05_A=f"{val_frc:.2f}")
-                save_checkpoint(checkpoint, generator, discriminator, opt_g, opt_d, step, identity)
-                export_model(out, generator, config, data, step, val_frc, time.monotonic() - started)
+                if val_frc < best_frc:  # model.pt is the best validated so far: GAN training can collapse
+                    best_frc = val_frc
+                    export_model(out, generator, config, data, step, val_frc, time.monotonic() - started)
+                save_checkpoint(checkpoint, generator, discriminator, opt_g, opt_d, step, identity, best_frc)
             if step % config.sample_every == 0:
                 write_samples(out / f"samples-{step:06d}.png", generator, data, val_idx[:4], config, device)
             writer.writerow(row)
@@ -245,10 +255,12 @@ def validate(generator, data, val_idx, config, device, weights) -> tuple[float, 
     return float(np.mean(losses)), float(np.nanmean(resolutions))
 
 
-def save_checkpoint(path: Path, generator, discriminator, opt_g, opt_d, step: int, identity: str) -> None:
+def save_checkpoint(path: Path, generator, discriminator, opt_g, opt_d, step: int, identity: str,
+                    best_val_frc05_A: float = float("inf")) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save({"generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step, "identity": identity}, tmp)
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step, "identity": identity,
+                "best_val_frc05_A": best_val_frc05_A}, tmp)
     tmp.replace(path)
 
 
