@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--evaluation", type=Path, required=True, help="report.json on held-out test proteins")
     parser.add_argument("--validation", type=Path, help="report.json on the validation proteins (model selection)")
     parser.add_argument("--hardware", default="2-core CPU (no GPU)")
+    parser.add_argument("--history", help="how the run came to be (e.g. an earlier run it started from), for the card")
     parser.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     args = parser.parse_args()
     card = json.loads((args.run / "model_card.json").read_text())
@@ -43,6 +44,8 @@ def main() -> None:
             card["training"]["samples"] = int(f["done"][:].sum())
     card.setdefault("input_normalisation", INPUT_NORMALISATION)
     card["training"]["hardware"] = args.hardware
+    if args.history:
+        card["training"]["history"] = args.history
     report = json.loads(args.evaluation.read_text())
     card["evaluation"] = {k: report[k] for k in ("dataset", "samples", "proteins_seen_in_training", "mean", "median",
                                                  "per_protein")}
