@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--frames-per-position", type=int, default=4)
     parser.add_argument("--rate", type=float, default=2000.0)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--phasing-workers", type=int, default=0, help="classical phasing fan-out (ZeroMQ)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/simed-bench"))
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.scan.split("x"))
@@ -41,7 +42,8 @@ def main() -> None:
     rates = []
     started = time.perf_counter()
     pipeline = replay_capture(capture, out, ChainSettings(), args.model, "auto", args.rate, None,
-                              lambda status: rates.append(status["ingest"]["frames_per_s"]))
+                              lambda status: rates.append(status["ingest"]["frames_per_s"]),
+                              phasing_workers=args.phasing_workers)
     total = time.perf_counter() - started
     result = pipeline.results[0]
     status = json.loads((out / "status.json").read_text())
@@ -54,7 +56,7 @@ def main() -> None:
           f"{max(rates or [0]):.0f} frames/s, dropped {dropped}")
     print(f"{result.phased} of {result.picks} picks phased; overview -> last particle {latency:.2f} s, of which "
           f"phasing {phasing:.2f} s (goal: ≤ 2 s + phasing)")
-    print(json.dumps({"frames": frames, "frames_expected": frames_expected, "dropped": dropped,
+    print(json.dumps({"phasing_workers": args.phasing_workers, "frames": frames, "frames_expected": frames_expected, "dropped": dropped,
                       "offered_frames_per_s": args.rate, "ingest_peak_frames_per_s": max(rates or [0]),
                       "particles": result.phased, "latency_s": round(latency, 3) if latency else None,
                       "phasing_s": round(phasing, 3), "latency_beyond_phasing_s": round(latency - phasing, 3)
