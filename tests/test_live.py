@@ -5,8 +5,6 @@ card (phasing quality is not what these tests look at: where every byte and part
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import threading
@@ -18,7 +16,6 @@ import hdf5plugin  # noqa: F401  (decodes the Blosc frames)
 import numpy as np
 import pytest
 import starfile
-import torch
 
 from simed_stream.capture import RECEIVED, CaptureReader
 from simed_stream.cli import main
@@ -31,40 +28,6 @@ FRAMES = SCAN_SHAPE[0] * SCAN_SHAPE[1] * FRAMES_PER_POSITION
 
 
 # ------------------------------------------------------------------ fixtures
-
-@pytest.fixture(scope="module")
-def tiny_model(physics_dataset, tmp_path_factory) -> Path:
-    """An untrained 2-level U-Net with a real card: phases, fast, proves nothing about quality."""
-    from simed_stream.phasing.classical import Geometry
-    from simed_stream.phasing.network import UNetGenerator
-
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    model = folder / "model.pt"
-    torch.save(UNetGenerator(2, 1, width=8, depth=2).state_dict(), model)
-    with h5py.File(physics_dataset, "r") as f:
-        geometry = dataclasses.asdict(Geometry.from_attrs(f.attrs))
-    card = {
-        "format": "simed-diffragan/1", "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-        "architecture": {"name": "UNetGenerator", "in_channels": ["image_lr", "classical"], "width": 8, "depth": 2},
-        "target": "potential", "target_scale": 0.05, "consistency": True, "geometry": geometry,
-        "classical": {"beta": 0.9, "er_iterations": 5, "hio_iterations": 20, "shrinkwrap_every": 20,
-                      "shrinkwrap_sigma_px": [3.0, 1.5], "shrinkwrap_threshold": 0.04, "support_dilation_A": 6.0},
-        "training": {"proteins": [], "validation_proteins": [], "steps": 0},
-    }
-    (folder / "model_card.json").write_text(json.dumps(card))
-    return model
-
-
-@pytest.fixture(scope="module")
-def scan(physics_dataset, tmp_path_factory) -> Path:
-    """A 5×5 scan, 2 frames per position, 4 particles: a real capture with truth."""
-    from simulator.scan import ScanSettings, simulate_scan
-
-    out = tmp_path_factory.mktemp("scan") / "scan.h5"
-    return simulate_scan(physics_dataset, out, ScanSettings(scan_shape=SCAN_SHAPE, particles=4,
-                                                             frames_per_position=FRAMES_PER_POSITION, seed=1))
-
 
 @pytest.fixture(scope="module")
 def scan_frames(scan) -> np.ndarray:
@@ -240,16 +203,6 @@ def test_an_overview_late_but_within_the_timeout_is_used(scan, phaser, tmp_path)
     assert any("overview sent" in event for event in detector.report.events)
     [result] = results
     assert result.status == "phased" and result.phased > 0
-
-
-@pytest.fixture(scope="module")
-def scan_b(physics_dataset, tmp_path_factory) -> Path:
-    """A second, different scan (series id "scan-b")."""
-    from simulator.scan import ScanSettings, simulate_scan
-
-    out = tmp_path_factory.mktemp("scan-b") / "scan-b.h5"
-    return simulate_scan(physics_dataset, out, ScanSettings(scan_shape=SCAN_SHAPE, particles=3,
-                                                             frames_per_position=FRAMES_PER_POSITION, seed=2))
 
 
 def test_two_series_one_after_the_other(scan, scan_b, phaser, tmp_path):

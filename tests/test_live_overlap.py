@@ -8,8 +8,6 @@ particles, cut from its own frames."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import threading
 import time
@@ -20,7 +18,6 @@ import hdf5plugin  # noqa: F401  (decodes the Blosc frames)
 import numpy as np
 import pytest
 import starfile
-import torch
 import zmq
 
 from simed_stream.capture import RECEIVED, CaptureReader
@@ -41,50 +38,6 @@ FRAMES_PER_MESSAGE = 5  # odd: A's first half ends in the middle of a scan posit
 
 
 # ------------------------------------------------------------------ fixtures (as in test_live.py)
-
-@pytest.fixture(scope="module")
-def tiny_model(physics_dataset, tmp_path_factory) -> Path:
-    """An untrained 2-level U-Net with a real card: phases, fast, proves nothing about quality."""
-    from simed_stream.phasing.classical import Geometry
-    from simed_stream.phasing.network import UNetGenerator
-
-    folder = tmp_path_factory.mktemp("model")
-    torch.manual_seed(0)
-    model = folder / "model.pt"
-    torch.save(UNetGenerator(2, 1, width=8, depth=2).state_dict(), model)
-    with h5py.File(physics_dataset, "r") as f:
-        geometry = dataclasses.asdict(Geometry.from_attrs(f.attrs))
-    card = {
-        "format": "simed-diffragan/1", "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-        "architecture": {"name": "UNetGenerator", "in_channels": ["image_lr", "classical"], "width": 8, "depth": 2},
-        "target": "potential", "target_scale": 0.05, "consistency": True, "geometry": geometry,
-        "classical": {"beta": 0.9, "er_iterations": 5, "hio_iterations": 20, "shrinkwrap_every": 20,
-                      "shrinkwrap_sigma_px": [3.0, 1.5], "shrinkwrap_threshold": 0.04, "support_dilation_A": 6.0},
-        "training": {"proteins": [], "validation_proteins": [], "steps": 0},
-    }
-    (folder / "model_card.json").write_text(json.dumps(card))
-    return model
-
-
-def _simulated_scan(physics_dataset, tmp_path_factory, name: str, particles: int, seed: int) -> Path:
-    from simulator.scan import ScanSettings, simulate_scan
-
-    out = tmp_path_factory.mktemp(name) / f"{name}.h5"
-    return simulate_scan(physics_dataset, out, ScanSettings(scan_shape=SCAN_SHAPE, particles=particles,
-                                                             frames_per_position=FRAMES_PER_POSITION, seed=seed))
-
-
-@pytest.fixture(scope="module")
-def scan(physics_dataset, tmp_path_factory) -> Path:
-    """A 5×5 scan, 2 frames per position, 4 particles (series id "scan")."""
-    return _simulated_scan(physics_dataset, tmp_path_factory, "scan", 4, 1)
-
-
-@pytest.fixture(scope="module")
-def scan_b(physics_dataset, tmp_path_factory) -> Path:
-    """A second, different scan (series id "scan-b")."""
-    return _simulated_scan(physics_dataset, tmp_path_factory, "scan-b", 3, 2)
-
 
 @pytest.fixture(scope="module")
 def phaser(tiny_model):

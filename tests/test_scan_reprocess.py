@@ -25,12 +25,11 @@ from simed_stream.errors import SimedError
 from simed_stream.particles import (ScanCalibration, match_to_scan, pattern_side_px, prepare_particles,
                                     wavelength_A)
 from simed_stream.phasing.classical import Geometry
-from simed_stream.phasing.network import UNetGenerator
 from simulator.scan import ScanSettings, simulate_scan
 
+from conftest import write_tiny_model
+
 SCAN = ScanSettings(scan_shape=(5, 5), particles=4, frames_per_position=2, seed=1)
-CLASSICAL = {"beta": 0.9, "er_iterations": 5, "hio_iterations": 20, "shrinkwrap_every": 20,
-             "shrinkwrap_sigma_px": [3.0, 1.5], "shrinkwrap_threshold": 0.04, "support_dilation_A": 6.0}
 # the cpu preset, by hand: 140 Å box, 128 px of 0.546875 Å, 200 kV, 20 mrad
 CPU_GEOMETRY = Geometry(box_A=140.0, image_pixel_A=70.0 / 128, image_size_px=128, wavelength_A=0.025079340450548007,
                         defocus_lr_A=-1000.0, cutoff_lr_mrad=5.0, max_angle_mrad=20.0)
@@ -40,39 +39,10 @@ def sha256(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()
 
 
-def write_model(folder, geometry: dict, state: dict) -> "os.PathLike":
-    """model.pt + model_card.json as `export_model` writes them, without training."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model = folder / "model.pt"
-    torch.save(state, model)
-    card = {
-        "format": "simed-diffragan/1", "sha256": sha256(model),
-        "architecture": {"name": "UNetGenerator", "in_channels": ["image_lr", "classical"], "width": 8, "depth": 2},
-        "target": "potential", "target_scale": 0.05, "consistency": True, "geometry": geometry,
-        "classical": CLASSICAL, "training": {"proteins": [], "validation_proteins": [], "steps": 0},
-    }
-    (folder / "model_card.json").write_text(json.dumps(card, indent=2))
-    return model
-
-
 @pytest.fixture(scope="module")
-def dataset_geometry(physics_dataset) -> Geometry:
-    with h5py.File(physics_dataset, "r") as f:
-        return Geometry.from_attrs(f.attrs)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, physics_dataset, dataset_geometry):
-    """An untrained UNetGenerator(2, 1, width=8, depth=2) with a card for the dataset's geometry."""
-    torch.manual_seed(0)
-    generator = UNetGenerator(2, 1, width=8, depth=2)
-    state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    return write_model(tmp_path_factory.mktemp("tiny-model"), dict(dataset_geometry.__dict__), state)
-
-
-@pytest.fixture(scope="module")
-def scan_capture(tmp_path_factory, physics_dataset):
-    return simulate_scan(physics_dataset, tmp_path_factory.mktemp("scan") / "scan.h5", SCAN)
+def scan_capture(scan):
+    """The shared 5×5 scan (conftest), built with SCAN's settings; tests only read it or copy it."""
+    return scan
 
 
 @pytest.fixture(scope="module")
@@ -457,7 +427,7 @@ def test_overview_that_misses_the_scan_is_refused(tmp_path, scan_capture, tiny_m
 
 def test_model_for_another_box_is_refused(tmp_path, scan_capture, tiny_model, dataset_geometry):
     geometry = dict(dataset_geometry.__dict__, box_A=dataset_geometry.box_A + 20.0)
-    model = write_model(tmp_path / "other-box", geometry, torch.load(tiny_model, weights_only=True))
+    model = write_tiny_model(tmp_path / "other-box", geometry, torch.load(tiny_model, weights_only=True))
     capture = _copy(scan_capture, tmp_path / "scan.h5")
     before = sha256(capture)
     assert _reprocess([capture], tmp_path / "out", model) == 1

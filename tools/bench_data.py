@@ -3,6 +3,8 @@ protein never used in training) and a synthetic scan built from it, cached under
 
 from __future__ import annotations
 
+import argparse
+import tempfile
 from pathlib import Path
 
 
@@ -26,3 +28,21 @@ def scan(folder: Path, dataset: Path, shape: tuple[int, int], particles: int, fr
         simulate_scan(dataset, path, ScanSettings(scan_shape=shape, particles=particles,
                                                   frames_per_position=frames_per_position, seed=3))
     return path
+
+
+def scan_arguments(parser: argparse.ArgumentParser, scan_shape: str, particles: int, frames_per_position: int) -> None:
+    """The options both chain benchmarks share (what to simulate, which model, where)."""
+    from simed_stream.cli import DEFAULT_MODEL
+
+    parser.add_argument("--scan", default=scan_shape, help=f"scan positions HxW (default {scan_shape})")
+    parser.add_argument("--particles", type=int, default=particles)
+    parser.add_argument("--frames-per-position", type=int, default=frames_per_position)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "simed-bench",
+                        help="cache of the simulated inputs and outputs")
+
+
+def capture_for(args: argparse.Namespace) -> Path:
+    """The benchmark's capture: ubiquitin simulated once, placed in the asked scan (both cached)."""
+    shape = tuple(int(v) for v in args.scan.split("x"))
+    return scan(args.work, ubiquitin_dataset(args.work, args.particles), shape, args.particles, args.frames_per_position)

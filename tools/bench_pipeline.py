@@ -17,26 +17,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_data import scan, ubiquitin_dataset  # noqa: E402
+from bench_data import capture_for, scan_arguments  # noqa: E402
 
-from simed_stream.cli import DEFAULT_MODEL  # noqa: E402
 from simed_stream.live import replay_capture  # noqa: E402
 from simed_stream.pipeline import ChainSettings  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scan", default="24x24")
-    parser.add_argument("--particles", type=int, default=12)
-    parser.add_argument("--frames-per-position", type=int, default=4)
+    scan_arguments(parser, "24x24", 12, 4)
     parser.add_argument("--rate", type=float, default=2000.0)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--phasing-workers", type=int, default=0, help="classical phasing fan-out (ZeroMQ)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/simed-bench"))
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.scan.split("x"))
-    dataset = ubiquitin_dataset(args.work, args.particles)
-    capture = scan(args.work, dataset, shape, args.particles, args.frames_per_position)
+    capture = capture_for(args)
     out = args.work / "pipeline-out"
     shutil.rmtree(out, ignore_errors=True)
     rates = []

@@ -17,23 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_data import scan, ubiquitin_dataset  # noqa: E402
+from bench_data import capture_for, scan_arguments  # noqa: E402
 
-from simed_stream.cli import DEFAULT_MODEL  # noqa: E402
 from simed_stream.pipeline import ChainSettings, reprocess_captures  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--particles", type=int, default=12)
-    parser.add_argument("--scan", default="12x12")
-    parser.add_argument("--frames-per-position", type=int, default=2)
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/simed-bench"))
+    scan_arguments(parser, "12x12", 12, 2)
     args = parser.parse_args()
-    shape = tuple(int(v) for v in args.scan.split("x"))
-    dataset = ubiquitin_dataset(args.work, args.particles)
-    capture = scan(args.work, dataset, shape, args.particles, args.frames_per_position)
+    capture = capture_for(args)
     out = args.work / "reprocess-out"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
