@@ -533,6 +533,8 @@ def _demo(args) -> int:
     from simed_stream.live import replay_capture
 
     pipeline = replay_capture(scan, run_dir, ChainSettings(), model, "auto", 2000.0, None, _print_status, _run_live)
+    import json
+
     import h5py
 
     from simed_stream.pipeline import read_truth, score_series_dir
@@ -549,6 +551,8 @@ def _demo(args) -> int:
                   f"(precision {pick_score['precision']:.2f}, recall {pick_score['recall']:.2f})"
                   + (f"; phased particles FRC0.5 mean {frc05['mean']:.2f} Å, median {frc05['median']:.2f} Å"
                      if frc05 else ""))
+            r.pick_score, r.frc05_A_vs_truth = pick_score, frc05  # the live stream carried no truth
+            (r.out_dir / "result.json").write_text(json.dumps(r.as_dict(), indent=2))
         print(f"demo: report {r.out_dir}/report.png, status {run_dir}/status.json")
     print(f"demo: done in {time.monotonic() - started:.0f} s")
     return 0 if pipeline.results and all(r.status == "phased" for r in pipeline.results) else 1

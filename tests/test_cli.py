@@ -59,3 +59,5 @@ def test_demo_runs_the_live_chain_with_the_shipped_model(tmp_path, capsys):
         assert mrcfile.validate(str(stack))
     assert (series_dir / "report.png").stat().st_size > 0
     assert "picking F1" in out
+    result = json.loads((series_dir / "result.json").read_text())
+    assert result["pick_score"]["f1"] >= 0.75 and result["frc05_A_vs_truth"]["particles"] >= 3

@@ -25,7 +25,7 @@ from simed_stream.errors import SimedError
 from simed_stream.particles import (ScanCalibration, match_to_scan, pattern_side_px, prepare_particles,
                                     wavelength_A)
 from simed_stream.phasing.classical import Geometry
-from simulator.scan import ScanSettings, simulate_scan
+from simulator.scan import ScanSettings
 
 from conftest import write_tiny_model
 
