@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from simed_stream.errors import SimedError
-from simed_stream.pipeline import NO_OVERVIEW, ChainSettings, SeriesChain, SeriesResult, _write_result, check_writable
+from simed_stream.pipeline import NO_OVERVIEW, ChainSettings, SeriesChain, SeriesResult, write_result, check_writable
 from simed_stream.particles import ScanCalibration
 from simed_stream.phasing.inference import ParticlePhaser
 from simed_stream.protocol import DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
@@ -351,7 +351,7 @@ class LivePipeline:
             save = True
         if save:
             try:  # a full disk must not lose the series' result nor stop the thread that reports it
-                _write_result(result.out_dir, result)
+                write_result(result.out_dir, result)
             except OSError as error:
                 log.error("series %s: cannot write its result.json: %s", result.series_id, error)
                 self.errors.append(f"{result.series_id}: cannot write result.json: {error}")

@@ -36,7 +36,7 @@ defocus (the overview: 1000 Å, 5 mrad aperture) has almost no contrast at the p
 scale — its CTF is ~0 there — and shows as a patch of fine (4–15 Å) fringes of both signs. The
 image is band-passed at full resolution, squared, binned and smoothed over the particle size;
 peaks of that map above `threshold_sigma` robust sigmas are particles (polarity does not apply).
-On simulated `cpu`-preset scans the DoG found none of 10 particles at 3σ; see tests and README.
+On simulated `cpu`-preset scans the DoG found none of 10 particles at 3σ; see docs/particles.md.
 The DoG (`method="dog"`) is for overviews with amplitude contrast (blobs of one sign).
 
 Pick scoring is one-to-one matching with `scipy.optimize.linear_sum_assignment`, only pairs

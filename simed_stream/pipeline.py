@@ -139,7 +139,7 @@ class SeriesChain:
 
         write_series_report(result.out_dir, result, self.overview, self.particles, self.phased, self.truth)
         result.seconds["report"] = time.perf_counter() - t
-        _write_result(result.out_dir, result)
+        write_result(result.out_dir, result)
         return result
 
     def _row(self, p: Particle, fourier_r: float) -> dict:
@@ -248,7 +248,7 @@ def reprocess_capture(path: Path, out_dir: Path, processor: SeriesProcessor) -> 
                 result = SeriesResult(series_id, out_dir, NO_OVERVIEW, notes=notes + [
                     f"{int((reader.frame_status == 1).sum())} captured frames kept in {path}"],
                     accounting=reader.accounting)
-                _write_result(out_dir, result)
+                write_result(out_dir, result)
                 return result
             # the first overview sent (lowest msg_seq), as the live path uses the first to arrive
             overview_ds = min(overviews, key=lambda d: json.loads(d.attrs["header"]).get("msg_seq", 0))
@@ -266,11 +266,11 @@ def reprocess_capture(path: Path, out_dir: Path, processor: SeriesProcessor) -> 
         except (OSError, KeyError) as error:
             raise SimedError(f"{path} is damaged or truncated: {error}") from None
     result.notes = notes + result.notes
-    _write_result(out_dir, result)
+    write_result(out_dir, result)
     return result
 
 
-def _write_result(out_dir: Path, result: SeriesResult) -> None:
+def write_result(out_dir: Path, result: SeriesResult) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "result.json"
     tmp = path.with_suffix(".tmp")
@@ -310,7 +310,7 @@ def reprocess_one(capture: Path, out_root: Path, model_path: Path, settings: Cha
         else:
             log.error("%s: %s", capture, error)
         result = SeriesResult(Path(capture).stem, out_dir, f"failed: {error}")
-        _write_result(out_dir, result)
+        write_result(out_dir, result)
         return result
     finally:
         torch.set_num_threads(threads)

@@ -394,7 +394,7 @@ def test_a_failing_result_write_does_not_hang_the_run(scan, scan_b, phaser, tmp_
     import simed_stream.live
     import simed_stream.pipeline
 
-    original = simed_stream.pipeline._write_result
+    original = simed_stream.pipeline.write_result
     failures = []
 
     def write_result(out_dir, result):
@@ -403,8 +403,8 @@ def test_a_failing_result_write_does_not_hang_the_run(scan, scan_b, phaser, tmp_
             raise OSError(errno.ENOSPC, "No space left on device", str(out_dir))
         return original(out_dir, result)
 
-    monkeypatch.setattr(simed_stream.pipeline, "_write_result", write_result)
-    monkeypatch.setattr(simed_stream.live, "_write_result", write_result)
+    monkeypatch.setattr(simed_stream.pipeline, "write_result", write_result)
+    monkeypatch.setattr(simed_stream.live, "write_result", write_result)
     _pipeline, results, _ = run_live(tmp_path, phaser, [capture_series(scan), capture_series(scan_b)],
                                     max_series=2)
     assert failures
