@@ -206,14 +206,14 @@ class SeriesProcessor:
 
     def run(self, series_id: str, out_dir: Path, overview: np.ndarray, calibration: ScanCalibration,
             positions, bad_pixels: np.ndarray | None, truth: dict | None = None,
-            accounting: dict | None = None) -> SeriesResult:
+            accounting: dict | None = None, notes: list[str] = ()) -> SeriesResult:
         chain = SeriesChain(self.phaser, self.settings, series_id, out_dir, overview, calibration, bad_pixels, truth)
         ready = []
         for position in chain.positions_needed():
             ready.extend(chain.offer(position, positions(position)))
         for first in range(0, len(ready), self.settings.batch_size):
             chain.phase(ready[first : first + self.settings.batch_size])
-        return chain.finish(accounting=accounting)
+        return chain.finish(notes, accounting)
 
 
 # ------------------------------------------------------------------ offline: from a capture
@@ -261,13 +261,10 @@ def reprocess_capture(path: Path, out_dir: Path, processor: SeriesProcessor) -> 
             def positions(index: int):
                 return sums[index], int(counts[index]), centres[index], bool(valid[index])
 
-            result = processor.run(series_id, out_dir, overview, calibration, positions, bad, read_truth(f),
-                                   reader.accounting)
+            return processor.run(series_id, out_dir, overview, calibration, positions, bad, read_truth(f),
+                                 reader.accounting, notes)  # finish() writes result.json
         except (OSError, KeyError) as error:
             raise SimedError(f"{path} is damaged or truncated: {error}") from None
-    result.notes = notes + result.notes
-    write_result(out_dir, result)
-    return result
 
 
 def write_result(out_dir: Path, result: SeriesResult) -> None:

@@ -1,4 +1,6 @@
 import os
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,16 @@ def scan(physics_dataset, tmp_path_factory) -> Path:
 def scan_b(physics_dataset, tmp_path_factory) -> Path:
     """3 other particles, series id "scan-b"."""
     return simulated_scan(physics_dataset, tmp_path_factory.mktemp("scan-b"), "scan-b", 3, 2)
+
+
+def run_with_deadline(pipeline, seconds):
+    """pipeline.run(), stopped after `seconds` so a hang fails instead of blocking the suite."""
+    timer = threading.Timer(seconds, pipeline.stop)
+    timer.start()
+    started = time.monotonic()
+    try:
+        results = pipeline.run()
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < seconds, "the pipeline did not finish by itself"
+    return results

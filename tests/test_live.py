@@ -23,6 +23,8 @@ from simed_stream.live import LivePipeline, LiveSettings, replay_capture
 from simed_stream.pipeline import NO_OVERVIEW, ChainSettings
 from simulator.detector import FakeDetector, FaultPlan, capture_series
 
+from conftest import run_with_deadline
+
 SCAN_SHAPE, FRAMES_PER_POSITION = (5, 5), 2
 FRAMES = SCAN_SHAPE[0] * SCAN_SHAPE[1] * FRAMES_PER_POSITION
 
@@ -77,19 +79,6 @@ def run_live(tmp_path, phaser, sources, faults="", max_series=1, rate_fps="max",
     detector.join(timeout=20)
     assert not detector.is_alive() and detector.error is None, detector.error
     return pipeline, results, detector
-
-
-def run_with_deadline(pipeline, seconds):
-    """pipeline.run(), stopped after `seconds` so a hang fails instead of blocking the suite."""
-    timer = threading.Timer(seconds, pipeline.stop)
-    timer.start()
-    started = time.monotonic()
-    try:
-        results = pipeline.run()
-    finally:
-        timer.cancel()
-    assert time.monotonic() - started < seconds, "the pipeline did not finish by itself"
-    return results
 
 
 def captured(out: Path) -> list[Path]:

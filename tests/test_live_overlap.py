@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 import h5py
@@ -31,6 +30,8 @@ from simed_stream.protocol import (
     encode_series_start,
 )
 from simulator.detector import capture_series
+
+from conftest import run_with_deadline
 
 SCAN_SHAPE, FRAMES_PER_POSITION = (5, 5), 2
 FRAMES = SCAN_SHAPE[0] * SCAN_SHAPE[1] * FRAMES_PER_POSITION
@@ -154,14 +155,7 @@ def test_a_second_series_starting_before_the_first_ends(scan, scan_b, phaser, tm
     pipeline = LivePipeline(settings, phaser=phaser, max_series=2)
     detector = RawDetector(endpoint, messages)
     detector.start()
-    deadline = threading.Timer(60, pipeline.stop)  # a hang fails instead of blocking the suite
-    deadline.start()
-    started = time.monotonic()
-    try:
-        results = pipeline.run()
-    finally:
-        deadline.cancel()
-    assert time.monotonic() - started < 60, "the pipeline did not finish by itself"
+    results = run_with_deadline(pipeline, 60)
     detector.join(timeout=30)
     assert not detector.is_alive() and detector.error is None, detector.error
     assert detector.sent == len(messages)
