@@ -30,6 +30,13 @@ matched to the particle size:
 - `polarity` keeps only dark or bright peaks; "auto" keeps both.
 - Positions are refined to sub-pixel precision by a parabola through the peak and its
   neighbours along each axis of the binned response.
+- Peaks closer than `edge_A` to the border are dropped; by default one particle radius. Two
+  reasons: such a particle is cut by the border (it could not be boxed anyway), and the
+  reflecting boundary of the filters, together with a border pixel needing to beat only half a
+  neighbourhood to be a local maximum, makes noise peaks there far stronger than inside. On
+  pure-noise 1408² overviews (12 seeds, demo dose) every noise peak above 5σ lay within 10 px of
+  the border (7 of them, up to 8σ; the strongest inside was 4.4σ); with the default exclusion
+  there were none.
 
 The default, `method="power"`, maps local power instead: a weak phase object under strong
 defocus (the overview: 1000 Å, 5 mrad aperture) has almost no contrast at the particle's own
@@ -70,7 +77,7 @@ class PickSettings:
     min_separation_A: float | None = None  # closest two picks may be; None: diameter_A
     threshold_sigma: float = 5.0  # peaks must exceed the background's robust (MAD) spread of the filtered image by this
     polarity: str = "auto"  # "dark", "bright" or "auto" (both: the defocus decides the sign)
-    edge_A: float = 0.0  # ignore peaks closer than this to the image border
+    edge_A: float | None = None  # ignore peaks closer than this to the image border; None: diameter_A / 2
     method: str = "power"  # "power": local power of the 4–15 Å band (phase contrast); "dog": signed blobs
 
     def validate(self) -> None:
@@ -84,7 +91,7 @@ class PickSettings:
             raise LocaliseError(f"pick method must be 'power' or 'dog', got {self.method!r}")
         if self.polarity not in _POLARITIES:
             raise LocaliseError(f"polarity must be one of {', '.join(_POLARITIES)}, got {self.polarity!r}")
-        if not (np.isfinite(self.edge_A) and self.edge_A >= 0):
+        if self.edge_A is not None and not (np.isfinite(self.edge_A) and self.edge_A >= 0):
             raise LocaliseError(f"edge exclusion must be ≥ 0 Å, got {self.edge_A}")
 
 
@@ -182,7 +189,7 @@ def find_particles(overview: np.ndarray, pixel_size_A: float, settings: PickSett
     offsets = np.arange(-veto_radius, veto_radius + 1)
     disc = np.hypot(offsets[:, None], offsets[None, :]) <= veto_radius
     wanted = (1,) if settings.method == "power" else {"dark": (-1,), "bright": (1,), "auto": (-1, 1)}[settings.polarity]
-    edge_px = settings.edge_A / pixel_size_A
+    edge_px = (settings.diameter_A / 2 if settings.edge_A is None else settings.edge_A) / pixel_size_A
     height, width = image.shape
 
     yx, scores, signs = [], [], []
