@@ -277,23 +277,37 @@ def _train(args) -> int:
     return 0
 
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "diffragan-cpu" / "model.pt"
+from simed_stream.phasing import DEFAULT_PHASER as DEFAULT_MODEL  # noqa: E402
+
+
+def _doses(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected doses such as 1e4,1e5,1e6 (e/Å²), got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError("doses must be positive numbers of electrons per Å²")
+    return values
 
 
 def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser(
-        "evaluate", help="score the phaser against the low-res input and classical phasing",
-        description="FRC, SSIM and Fourier R-factor per sample and protein for the model, the low-res input, "
-        "classical phasing and a shuffled-diffraction control; writes report.json, frc.png, gallery.png.")
-    evaluate.add_argument("--model", type=Path, default=None, help=f"model.pt (default: the shipped {DEFAULT_MODEL.parent.name})")
+        "evaluate", help="score the phaser against its parts, classical phasing and the low-res input",
+        description="FRC0.5 per sample, protein and size bin for the default phaser (gan), the engine alone, "
+        "classical phasing, the low-res input and a shuffled-diffraction control; success rates, the resolution "
+        "estimate's rank correlation with the truth, seconds per particle, optionally a dose-resolution curve. "
+        "Writes report.json, frc.png, gallery.png (and dose.png).")
+    evaluate.add_argument("--model", "--phaser", dest="model", type=Path, default=None,
+                          help=f"phaser folder or card (default: the shipped {DEFAULT_MODEL.name})")
     evaluate.add_argument("--dataset", type=Path, required=True, metavar="FILE.h5")
     evaluate.add_argument("--out", type=Path, required=True, metavar="DIR")
     evaluate.add_argument("--samples", type=int, default=8, help="orientations per protein (default 8)")
     evaluate.add_argument("--proteins", nargs="+", default=None, metavar="ID",
                           help="only these proteins of the dataset (e.g. the validation proteins, to select a model)")
-    evaluate.add_argument("--passes", type=int, default=1, metavar="K",
-                          help="K>1 also scores gan_ensemble: the mean over K classical starts (as --uncertainty-passes)")
-    evaluate.add_argument("--json", action="store_true", help="print the report's means as JSON")
+    evaluate.add_argument("--diffraction-dose", type=_doses, default=None, metavar="D1,D2,...",
+                          help="also score with counting noise at each dose (e/Å² over the box): the dose curve")
+    evaluate.add_argument("--workers", type=int, default=2, help="processes for the classical baseline (default 2)")
+    evaluate.add_argument("--json", action="store_true", help="print the report's summary as one JSON line")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -302,18 +316,21 @@ def _evaluate(args) -> int:
 
     from simed_stream.phasing.evaluation import evaluate
 
-    model = args.model or DEFAULT_MODEL
-    if not args.dataset.is_file():
-        raise SimedError(f"dataset {args.dataset} does not exist")
-    if args.passes < 1:
-        raise SimedError("--passes must be at least 1")
-    report = evaluate(model, args.dataset, args.out, args.samples, args.proteins, passes=args.passes)
+    if args.samples < 2:
+        raise SimedError("--samples must be at least 2 (the shuffled control needs another orientation)")
+    report = evaluate(args.model or DEFAULT_MODEL, args.dataset, args.out, args.samples, args.proteins,
+                      doses=args.diffraction_dose, workers=args.workers)
     if args.json:
-        print(json.dumps({"mean": report["mean"], "median": report["median"]}))
+        print(json.dumps({k: report[k] for k in ("mean", "success_rate", "resolution_estimate", "seconds_per_particle")}
+                         | ({"dose_for_3A": report["dose"]["dose_for_3A"]} if "dose" in report else {})))
     else:
         for method, value in report["mean"]["frc05_A"].items():
-            print(f"{method:>14}: FRC0.5 {value:6.2f} Å   SSIM {report['mean']['ssim'][method]:.3f}   "
-                  f"Fourier R {report['mean']['fourier_r'][method]:.3f}")
+            print(f"{method:>14}: FRC0.5 mean {value:6.2f} Å, median {report['median']['frc05_A'][method]:6.2f} Å, "
+                  f"success {report['success_rate'][method]:.0%}")
+        print(f"resolution estimate vs truth: Spearman {report['resolution_estimate']['spearman']:.2f}; "
+              f"{report['seconds_per_particle']:.2f} s per particle")
+        if "dose" in report:
+            print(f"dose for 3 Å (median): {report['dose']['dose_for_3A']}")
         print(f"report: {args.out / 'report.json'}")
     return 0
 

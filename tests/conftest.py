@@ -46,35 +46,39 @@ def radial_frequency(shape, pixel_A):
 
 # ---------------------------------------------------------------- the particle chain's test inputs
 
-TINY_CLASSICAL = {"beta": 0.9, "er_iterations": 5, "hio_iterations": 20, "shrinkwrap_every": 20,
-                  "shrinkwrap_sigma_px": [3.0, 1.5], "shrinkwrap_threshold": 0.04, "support_dilation_A": 6.0}
+#: an engine that runs in a blink: the chain's mechanics, not phasing quality
+TINY_ENGINE = {"starts": 2, "schedule": [[2, 20], [1, 10]], "er_iterations": 5, "keep": 2, "support_dilation_A": 14.0}
 SCAN_SHAPE, FRAMES_PER_POSITION = (5, 5), 2
 
 
-def write_tiny_model(folder: Path, geometry: dict, state: dict | None = None) -> Path:
-    """model.pt + model_card.json as `export_model` writes them, for an untrained 2-level U-Net
-    (or `state`): the chain's mechanics run fast; it proves nothing about phasing quality."""
+def write_tiny_phaser(folder: Path, geometry: dict, network: bool = True, state: dict | None = None,
+                      **engine) -> Path:
+    """A phaser folder as `simed train` writes it (model_card.json, and model.pt for an untrained
+    2-level refiner, or `state`): fast, and it proves nothing about phasing quality."""
     import hashlib
     import json
 
     import torch
 
-    from simed_stream.phasing.network import UNetGenerator
+    from simed_stream.phasing.engine import EngineSettings
+    from simed_stream.phasing.network import ResidualRefiner
+    from simed_stream.phasing.preprocess import INPUT_CHANNELS
 
     folder.mkdir(parents=True, exist_ok=True)
-    if state is None:
-        torch.manual_seed(0)
-        state = {k: v.detach().cpu() for k, v in UNetGenerator(2, 1, width=8, depth=2).state_dict().items()}
-    model = folder / "model.pt"
-    torch.save(state, model)
-    card = {
-        "format": "simed-diffragan/1", "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-        "architecture": {"name": "UNetGenerator", "in_channels": ["image_lr", "classical"], "width": 8, "depth": 2},
-        "target": "potential", "target_scale": 0.05, "consistency": True, "geometry": geometry,
-        "classical": TINY_CLASSICAL, "training": {"proteins": [], "validation_proteins": [], "steps": 0},
-    }
+    card = {"format": "simed-phaser/2", "preset": "test", "geometry": geometry,
+            "engine": EngineSettings.from_json({**TINY_ENGINE, **engine}).to_json(), "network": None,
+            "training": {"proteins": [], "validation_proteins": []}}
+    if network:
+        if state is None:
+            torch.manual_seed(0)
+            state = {k: v.detach().cpu() for k, v in ResidualRefiner(len(INPUT_CHANNELS), 8, 2).state_dict().items()}
+        torch.save(state, folder / "model.pt")
+        card["network"] = {"file": "model.pt", "sha256": hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest(),
+                           "architecture": {"name": "ResidualRefiner", "width": 8, "depth": 2},
+                           "inputs": list(INPUT_CHANNELS), "target": "potential", "target_scale": 0.05,
+                           "consistency": True}
     (folder / "model_card.json").write_text(json.dumps(card, indent=2))
-    return model
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +92,8 @@ def dataset_geometry(physics_dataset):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory, dataset_geometry) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"), dict(dataset_geometry.__dict__))
+def tiny_phaser(tmp_path_factory, dataset_geometry) -> Path:
+    return write_tiny_phaser(tmp_path_factory.mktemp("tiny-phaser"), dict(dataset_geometry.__dict__))
 
 
 def simulated_scan(physics_dataset, folder: Path, name: str, particles: int, seed: int) -> Path:

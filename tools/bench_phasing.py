@@ -1,110 +1,144 @@
-"""Benchmark phasing: DiffraGAN inference (batch 1 and 32; CPU, and CUDA when present),
-training samples/s, and classical phasing seconds per particle, on the `cpu` preset geometry.
+"""Benchmark phasing on the `cpu` preset geometry; the last line printed is one JSON object.
 
-Uses the shipped model when present, else a fresh generator of the same architecture (speed
-does not depend on the weights). The last line printed is JSON.
+- `engine_vs_numpy_ratio`: the batched torch engine against the old numpy HIO loop
+  (`classical.phase`) at the same iterations × starts, both given the same cores (the numpy loop
+  in one process per core, the engine with one torch thread per core): start-iterations per second.
+- `default_vs_old_ratio`: particles per second of the default phaser (its card: engine, and the
+  network if it has one) against the old default (classical 500 HIO + 100 ER, then a U-Net of
+  the old architecture — speed does not depend on the weights), both on the same cores.
+- with CUDA: the default phaser's particles per second on the GPU (batches of 64).
 
-    python tools/bench_phasing.py [--model models/diffragan-cpu/model.pt]
+    python tools/bench_phasing.py [--phaser models/phaser-cpu] [--cores 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from simed_stream.phasing import DEFAULT_PHASER
 from simed_stream.phasing.classical import Geometry, HIOSettings, phase
-from simed_stream.phasing.network import PatchDiscriminator, UNetGenerator, data_consistency
-from simed_stream.phasing.training import whitened_mse
-
-GEOMETRY = Geometry(box_A=140.0, image_pixel_A=0.546875, image_size_px=128, wavelength_A=0.0250793,
-                    defocus_lr_A=-1000.0, cutoff_lr_mrad=5.0, max_angle_mrad=20.0)
+from simed_stream.phasing.engine import EngineSettings, PhaseRetrievalEngine
+from simed_stream.phasing.inference import Phaser, read_card
+from simed_stream.phasing.network import UNetGenerator, data_consistency
 
 
-def _generator(model: Path | None, device) -> UNetGenerator:
-    generator = UNetGenerator(2, 1, 32, 4)
-    if model is not None and model.exists():
-        generator.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
-    return generator.to(device).eval()
+def particle(seed: int, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic 40 Å particle's pattern and a low-res image (cost does not depend on content)."""
+    rng = np.random.default_rng(seed)
+    n, size = geometry.grid_px, geometry.image_size_px
+    yy, xx = np.mgrid[:n, :n] - n // 2
+    obj = np.where(yy**2 + xx**2 < 36**2, rng.uniform(0, 0.05, (n, n)), 0.0)
+    pattern = np.abs(np.fft.fftshift(np.fft.fft2(obj))) ** 2 / n**4
+    side = 2 * int(geometry.max_angle_mrad * 1e-3 / geometry.wavelength_A * geometry.box_A) + 1
+    start = n // 2 - side // 2
+    pattern = pattern[start : start + side, start : start + side]
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    image_lr = 1 - 0.05 * (yy**2 + xx**2 < 36**2) + 0.02 * rng.normal(size=(size, size))
+    return pattern, image_lr
 
 
-def inference_rate(generator, device, batch: int, consistency: bool, seconds: float = 5.0) -> float:
-    n = GEOMETRY.grid_px
-    x = torch.randn(batch, 2, 128, 128, device=device)
-    amplitude = torch.rand(batch, n, n // 2 + 1, device=device)
-    known = torch.ones(batch, n, n // 2 + 1, dtype=torch.bool, device=device)
-    done, start = 0, time.perf_counter()
+def _numpy_phase(job) -> float:
+    pattern, image_lr, geometry, settings = job
+    started = time.perf_counter()
+    phase(pattern, image_lr, geometry, settings)
+    return time.perf_counter() - started
+
+
+def numpy_rate(particles, geometry, settings: HIOSettings, cores: int) -> float:
+    """Particles per second of the numpy loop, one process per core."""
+    jobs = [(p, l, geometry, settings) for p, l in particles]
+    with ProcessPoolExecutor(cores) as pool:
+        list(pool.map(_numpy_phase, jobs[:cores]))  # start-up and imports out of the timing
+        started = time.perf_counter()
+        list(pool.map(_numpy_phase, jobs))
+    return len(jobs) / (time.perf_counter() - started)
+
+
+def old_default_rate(particles, geometry: Geometry, cores: int) -> float:
+    """Classical 500 + 100 per particle in one process per core, then the old U-Net in a batch."""
+    classical = numpy_rate(particles, geometry, HIOSettings(hio_iterations=500, er_iterations=100), cores)
+    torch.set_num_threads(cores)
+    generator = UNetGenerator(2, 1, 32, 4).eval()
+    n = geometry.grid_px
+    x = torch.randn(len(particles), 2, geometry.image_size_px, geometry.image_size_px)
+    amplitude = torch.rand(len(particles), n, n // 2 + 1)
+    known = torch.ones(len(particles), n, n // 2 + 1, dtype=torch.bool)
     with torch.no_grad():
-        while time.perf_counter() - start < seconds or done == 0:
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                out = generator(x).float()
-            if consistency:
-                out = data_consistency(out, amplitude, known, n)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            done += batch
-    return done / (time.perf_counter() - start)
+        generator(x[:1])
+        started = time.perf_counter()
+        data_consistency(generator(x), amplitude, known, n)
+    network_seconds = (time.perf_counter() - started) / len(particles)
+    return 1.0 / (1.0 / classical + network_seconds)
 
 
-def training_rate(device, batch: int = 16, steps: int = 4) -> float:
-    generator, discriminator = UNetGenerator(2, 1, 32, 4).to(device), PatchDiscriminator(2).to(device)
-    opt_g, opt_d = torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters())
-    bce = torch.nn.BCEWithLogitsLoss()
-    x, y = torch.randn(batch, 2, 128, 128, device=device), torch.randn(batch, 1, 128, 128, device=device)
-    weights = torch.ones(128, 128, device=device)
-    start = None
-    for step in range(steps + 1):
-        if step == 1:
-            start = time.perf_counter()
-        out = generator(x)
-        real, fake = discriminator(x, y), discriminator(x, out.detach())
-        loss_d = bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake))
-        opt_d.zero_grad()
-        loss_d.backward()
-        opt_d.step()
-        judged = discriminator(x, out)
-        loss_g = whitened_mse(out, y, weights) + 0.01 * bce(judged, torch.ones_like(judged))
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
-    if device.type == "cuda":
+def engine_rate(particles, geometry: Geometry, settings: EngineSettings, cores: int, device="cpu") -> float:
+    torch.set_num_threads(cores)
+    engine = PhaseRetrievalEngine(geometry, settings, device)
+    patterns, images = np.stack([p for p, _ in particles]), np.stack([l for _, l in particles])
+    engine(patterns[:1], images[:1])
+    started = time.perf_counter()
+    engine(patterns, images)
+    return len(particles) / (time.perf_counter() - started)
+
+
+def phaser_rate(phaser: Phaser, particles, batch: int) -> float:
+    patterns, images = np.stack([p for p, _ in particles]), np.stack([l for _, l in particles])
+    phaser(patterns[:1], images[:1])
+    if phaser.device.type == "cuda":
         torch.cuda.synchronize()
-    return steps * batch / (time.perf_counter() - start)
-
-
-def classical_seconds(samples: int = 3) -> float:
-    rng = np.random.default_rng(0)
-    obj = np.zeros((256, 256))
-    obj[100:156, 100:156] = rng.uniform(0, 0.05, (56, 56))
-    pattern = np.abs(np.fft.fftshift(np.fft.fft2(obj))) ** 2 / 256**4
-    pattern = pattern[128 - 112 : 128 + 113, 128 - 112 : 128 + 113]
-    image_lr = 1 + 0.01 * rng.normal(size=(128, 128))
-    start = time.perf_counter()
-    for _ in range(samples):
-        phase(pattern, image_lr, GEOMETRY, HIOSettings())
-    return (time.perf_counter() - start) / samples
+    started = time.perf_counter()
+    for first in range(0, len(particles), batch):
+        phaser(patterns[first : first + batch], images[first : first + batch])
+    if phaser.device.type == "cuda":
+        torch.cuda.synchronize()
+    return len(particles) / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=Path("models/diffragan-cpu/model.pt"))
+    parser.add_argument("--phaser", type=Path, default=DEFAULT_PHASER)
+    parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--particles", type=int, default=8)
     args = parser.parse_args()
-    result = {"model": str(args.model) if args.model.exists() else "untrained (same architecture)"}
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    for device in devices:
-        generator = _generator(args.model, device)
-        for batch in (1, 32):
-            rate = inference_rate(generator, device, batch, consistency=True)
-            result[f"inference_{device.type}_batch{batch}_particles_per_s"] = round(rate, 2)
-            print(f"inference {device.type} batch {batch}: {rate:.1f} particles/s", flush=True)
-        rate = training_rate(device)
-        result[f"training_{device.type}_samples_per_s"] = round(rate, 2)
-        print(f"training {device.type}: {rate:.1f} samples/s", flush=True)
-    result["classical_seconds_per_particle"] = round(classical_seconds(), 2)
+    card = read_card(args.phaser)
+    geometry = Geometry(**card["geometry"])
+    particles = [particle(seed, geometry) for seed in range(args.particles)]
+    result = {"phaser": str(args.phaser), "cores": args.cores, "particles": args.particles,
+              "machine": f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")}
+
+    # the same work both ways: 8 starts × (300 HIO + 50 ER) on the full grid
+    starts, hio, er = 8, 300, 50
+    numpy_start_its = numpy_rate(particles[: args.cores * 2], geometry, HIOSettings(hio_iterations=hio, er_iterations=er),
+                                 args.cores) * (hio + er)
+    same = EngineSettings(starts=starts, schedule=((1, hio),), er_iterations=er, keep=starts)
+    engine_start_its = engine_rate(particles, geometry, same, args.cores) * starts * (hio + er)
+    result["numpy_start_iterations_per_s"] = round(numpy_start_its, 1)
+    result["engine_start_iterations_per_s"] = round(engine_start_its, 1)
+    result["engine_vs_numpy_ratio"] = round(engine_start_its / numpy_start_its, 2)
+    print(f"engine {engine_start_its:.0f} vs numpy {numpy_start_its:.0f} start-iterations/s "
+          f"({result['engine_vs_numpy_ratio']}x)", flush=True)
+
+    old = old_default_rate(particles[: args.cores * 2], geometry, args.cores)
+    torch.set_num_threads(args.cores)
+    default = phaser_rate(Phaser(args.phaser, "cpu"), particles, batch=8)
+    result["old_default_particles_per_s"] = round(old, 3)
+    result["default_particles_per_s"] = round(default, 3)
+    result["default_vs_old_ratio"] = round(default / old, 2)
+    print(f"default phaser {default:.2f} vs old default {old:.2f} particles/s ({result['default_vs_old_ratio']}x)",
+          flush=True)
+    if torch.cuda.is_available():
+        phaser = Phaser(args.phaser, "cuda")
+        gpu_particles = [particle(seed, geometry) for seed in range(256)]
+        result["default_cuda_particles_per_s"] = round(phaser_rate(phaser, gpu_particles, batch=64), 1)
+        print(f"default phaser on CUDA: {result['default_cuda_particles_per_s']} particles/s", flush=True)
     print(json.dumps(result))
 
 

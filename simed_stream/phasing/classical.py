@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft, ndimage
 
+from simed_stream.arrays import embed_center
 from simed_stream.metrics import spatial_frequencies
 
 
@@ -95,20 +96,22 @@ def low_res_start(image_lr: np.ndarray, geometry: Geometry) -> np.ndarray:
     return full
 
 
-def low_res_support(image_lr: np.ndarray, geometry: Geometry, dilation_A: float = 2.0) -> np.ndarray:
-    """Where the molecule is: local power of the low-res contrast above the background's."""
-    n, size = geometry.grid_px, geometry.image_size_px
+def low_res_core(image_lr: np.ndarray, geometry: Geometry, threshold: float = 0.25) -> np.ndarray:
+    """Where the low-res image shows the molecule (image grid): local power of its contrast
+    above the background's by `threshold` of the way from the edge's median to the maximum."""
     pixel = geometry.image_pixel_A
     contrast = ndimage.gaussian_filter(image_lr - np.median(image_lr), 2.0 / pixel)
     power = ndimage.gaussian_filter(contrast**2, 5.0 / pixel)
     edge = np.concatenate([power[:8].ravel(), power[-8:].ravel(), power[:, :8].ravel(), power[:, -8:].ravel()])
-    threshold = np.median(edge) + 0.25 * (power.max() - np.median(edge))
-    support = ndimage.binary_dilation(power > threshold, iterations=max(1, int(round(dilation_A / pixel))))
-    support = ndimage.binary_fill_holes(support)
-    full = np.zeros((n, n), bool)
-    start = n // 2 - size // 2
-    full[start : start + size, start : start + size] = support
-    return full
+    return power > np.median(edge) + threshold * (power.max() - np.median(edge))
+
+
+def low_res_support(image_lr: np.ndarray, geometry: Geometry, dilation_A: float = 2.0, threshold: float = 0.25,
+                    core: np.ndarray | None = None) -> np.ndarray:
+    """The support on the object grid: the low-res core dilated by `dilation_A`, holes filled."""
+    core = low_res_core(image_lr, geometry, threshold) if core is None else core
+    support = ndimage.binary_dilation(core, iterations=max(1, int(round(dilation_A / geometry.image_pixel_A))))
+    return embed_center(ndimage.binary_fill_holes(support), geometry.grid_px)
 
 
 def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
@@ -151,20 +154,25 @@ def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
 
 def align_to(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Undo the ambiguities the amplitudes cannot fix — translation and point inversion
-    (the twin) — by cross-correlating with the low-res estimate in the band it carries.
-    Sub-pixel: a parabola through the correlation peak, applied as a Fourier shift."""
+    (the twin) — by cross-correlating with the low-res estimate in the band it carries."""
+    return apply_origin_and_hand(v, *find_origin_and_hand(v, reference, geometry))
+
+
+def find_origin_and_hand(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> tuple[bool, tuple[float, float]]:
+    """(twin, shift): whether the point-inverted copy of `v` matches `reference` better, and the
+    (sub-pixel) shift that moves it there. Sub-pixel: a parabola through the correlation peak."""
     n = v.shape[0]
     k = spatial_frequencies((n, n), geometry.image_pixel_A)
     band = k <= geometry.cutoff_lr_mrad * 1e-3 / geometry.wavelength_A
     reference_spectrum = np.fft.fft2(reference) * band
     best = None
-    for candidate in (v, np.roll(v[::-1, ::-1], 1, axis=(0, 1))):
-        spectrum = np.fft.fft2(candidate)
+    for twin in (False, True):
+        spectrum = np.fft.fft2(point_inverted(v) if twin else v)
         correlation = np.fft.ifft2(reference_spectrum * np.conj(spectrum * band)).real
         peak = np.unravel_index(int(correlation.argmax()), correlation.shape)
         if best is None or correlation[peak] > best[0]:
-            best = (correlation[peak], spectrum, peak, correlation)
-    _, spectrum, peak, correlation = best
+            best = (correlation[peak], twin, peak, correlation)
+    _, twin, peak, correlation = best
     shift = []
     for axis, index in enumerate(peak):
         before = correlation[tuple((index - 1) % n if a == axis else peak[a] for a in range(2))]
@@ -172,6 +180,17 @@ def align_to(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> np.nda
         curvature = before - 2 * correlation[peak] + after
         offset = 0.5 * (before - after) / curvature if curvature < 0 else 0.0
         shift.append(((index + offset + n / 2) % n) - n / 2)
+    return twin, (float(shift[0]), float(shift[1]))
+
+
+def point_inverted(v: np.ndarray) -> np.ndarray:
+    """v(−r) on the periodic grid (pixel 0 stays the origin)."""
+    return np.roll(v[::-1, ::-1], 1, axis=(0, 1))
+
+
+def apply_origin_and_hand(v: np.ndarray, twin: bool, shift: tuple[float, float]) -> np.ndarray:
+    """`v` point-inverted if `twin`, then moved by `shift` pixels (a Fourier shift)."""
+    n = v.shape[0]
     f = np.fft.fftfreq(n)
     phase_ramp = np.exp(-2j * np.pi * (f[:, None] * shift[0] + f[None, :] * shift[1]))
-    return np.fft.ifft2(spectrum * phase_ramp).real
+    return np.fft.ifft2(np.fft.fft2(point_inverted(v) if twin else v) * phase_ramp).real

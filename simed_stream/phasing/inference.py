@@ -1,10 +1,12 @@
-"""A shipped phaser at work: classical phasing then the network, on physical inputs.
+"""A phaser at work: the phase-retrieval engine, then (if its card names one) a network.
 
-`Phaser` loads a checkpoint (`weights_only=True`) with its model card and runs the network on
-batches (GPU with mixed precision when present). `ParticlePhaser` is what the pipeline calls:
-per particle the classical run with the settings the model was trained with (the card's
-`classical`), then the network in one batch, and the Fourier R-factor of the result against
-the particle's own measured diffraction — the quality number that needs no ground truth.
+A phaser is a *card* (`model_card.json`, format `simed-phaser/2`): the geometry it was made
+for, the engine's settings and, optionally, a trained network that refines the engine's result
+(`model.pt` beside the card, a `state_dict` loaded with `weights_only=True`, its sha256 checked).
+`Phaser` is what the pipeline, `simed evaluate` and the benchmarks call: batches of particles in,
+σV images out, with what needs no ground truth — the Fourier R-factor against the particle's
+own pattern, the free R of the engine's search, and the PRTF resolution estimate — and a flag
+with the reason for any particle that could not be phased.
 """
 
 from __future__ import annotations
@@ -18,149 +20,139 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from simed_stream.arrays import embed_center
 from simed_stream.errors import SimedError
 from simed_stream.metrics import fourier_r_factor, spatial_frequencies
-from simed_stream.phasing.classical import Geometry, HIOSettings, measured_amplitudes, phase
-from simed_stream.phasing.network import UNetGenerator, data_consistency
-from simed_stream.phasing.preprocess import TARGET_SCALES, model_inputs
+from simed_stream.phasing.classical import Geometry, measured_amplitudes
+from simed_stream.phasing.engine import EngineSettings, PhaseRetrievalEngine, select_device
+from simed_stream.phasing.network import ResidualRefiner, data_consistency
+from simed_stream.phasing.preprocess import INPUT_CHANNELS, TARGET_SCALE, model_inputs
 
+CARD_FORMAT = "simed-phaser/2"
 #: shells (1/Å) of the Fourier R-factor; the mean over them is the per-particle number
 SHELLS_INV_A = np.array([0.0, 0.2, 0.4, 0.6, 0.8])
 
 
-def select_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SimedError(f"device {device!r} asked for but CUDA is not available here")
-    return torch.device(device)
+def card_path(path: str | Path) -> Path:
+    """A phaser folder, its card, or the network file beside a card → the card's path."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "model_card.json"
+    if path.suffix == ".pt":
+        return path.with_name("model_card.json")
+    return path
 
 
-class Phaser:
-    """A trained generator with its model card: physical inputs in, target units out."""
-
-    def __init__(self, model_path: str | Path, device: str = "auto"):
-        model_path = Path(model_path)
-        card_path = model_path.with_name("model_card.json")
-        if not model_path.is_file() or not card_path.is_file():
-            raise SimedError(f"model {model_path} or its card {card_path} does not exist")
-        try:
-            self.card = json.loads(card_path.read_text())
-            arch = self.card["architecture"]
-            name, width, depth, channels = arch["name"], int(arch["width"]), int(arch["depth"]), arch["in_channels"]
-            self.geometry = Geometry(**self.card["geometry"])
-            self.target = self.card["target"]
-            if self.target not in TARGET_SCALES or not isinstance(self.card["consistency"], bool):
-                raise ValueError(f"target {self.target!r} / consistency {self.card['consistency']!r}")
-            stored = self.card.get("classical")
-            self.classical = None if stored is None else HIOSettings(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
-        except (ValueError, KeyError, TypeError) as error:
-            raise SimedError(f"{card_path} is not a usable simed model card: {error!r}") from None
-        digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
-        if self.card.get("sha256") != digest:
-            raise SimedError(f"{model_path} is not the file its card describes (sha256 {digest[:12]}…, card "
-                             f"{str(self.card.get('sha256'))[:12]}…): the card's evaluation would not apply")
-        self.device = select_device(device)
-        self.generator = UNetGenerator(len(channels), 1, width, depth).to(self.device)
-        try:
-            state = torch.load(model_path, map_location=self.device, weights_only=True)
-            self.generator.load_state_dict(state)
-        except Exception as error:  # a corrupt or foreign file: say which
-            raise SimedError(f"cannot load {model_path} as this card's {name}: {error}") from None
-        self.generator.eval()
-
-    @property
-    def sha256(self) -> str:
-        return self.card.get("sha256", "")
-
-    @torch.no_grad()
-    def __call__(self, images_lr: np.ndarray, classicals: np.ndarray, diffractions: np.ndarray,
-                 consistency: bool | None = None) -> np.ndarray:
-        """consistency: None = as trained (the card); False = the raw network output (ablation)."""
-        inputs = torch.as_tensor(np.stack([model_inputs(l, c) for l, c in zip(images_lr, classicals)]), device=self.device)
-        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-            output = self.generator(inputs).float()
-        if self.card["consistency"] if consistency is None else consistency:
-            n = self.geometry.grid_px
-            parts = [measured_amplitudes(d.astype(np.float64), self.geometry) for d in diffractions]
-            amplitude = torch.as_tensor(np.stack([a[:, : n // 2 + 1] for a, _, _ in parts]) / TARGET_SCALES[self.target],
-                                        dtype=torch.float32, device=self.device)
-            known = torch.as_tensor(np.stack([k[:, : n // 2 + 1] for _, k, _ in parts]), device=self.device)
-            output = data_consistency(output, amplitude, known, n)
-        return output.cpu().numpy()[:, 0]
+def read_card(path: str | Path) -> dict:
+    path = card_path(path)
+    if not path.is_file():
+        raise SimedError(f"no phaser card at {path} (give a phaser folder such as models/phaser-cpu)")
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SimedError(f"{path} is not a readable phaser card: {error}") from None
+    if card.get("format") != CARD_FORMAT:
+        raise SimedError(f"{path} is a {card.get('format')!r} card; this version reads {CARD_FORMAT!r} "
+                         "(re-make it with tools/ship_model.py)")
+    return card
 
 
 def sigma_v_fourier_r(sigma_v: np.ndarray, diffraction: np.ndarray, geometry: Geometry) -> float:
     """Mean over shells of the Fourier R-factor of a σV image against the measured pattern."""
-    n, size = geometry.grid_px, sigma_v.shape[0]
-    padded = np.zeros((n, n))
-    start = n // 2 - size // 2
-    padded[start : start + size, start : start + size] = sigma_v
+    n = geometry.grid_px
     amplitude, known, _ = measured_amplitudes(diffraction, geometry)
     k = spatial_frequencies((n, n), geometry.image_pixel_A)
-    r = fourier_r_factor(np.abs(np.fft.fft2(padded))[known], amplitude[known], k[known], SHELLS_INV_A)
-    return float(np.nanmean(r))
+    image = np.abs(np.fft.fft2(embed_center(np.asarray(sigma_v, np.float64), n)))
+    return float(np.nanmean(fourier_r_factor(image[known], amplitude[known], k[known], SHELLS_INV_A)))
 
 
 @dataclass
 class PhasedBatch:
-    sigma_v: np.ndarray  # (n, S, S) σV in rad (target `potential`) or the hr intensity (`image_hr`)
-    classical: np.ndarray  # (n, S, S) σV of the classical run
-    fourier_r: np.ndarray  # (n,)
-    seconds_classical: float
+    sigma_v: np.ndarray  # (n, S, S) σV in rad: what goes into the stack
+    engine: np.ndarray  # (n, S, S) the engine's result alone (the network's input)
+    fourier_r: np.ndarray  # (n,) of sigma_v against the particle's own pattern
+    r_free: np.ndarray  # (n,) the engine's free R
+    resolution_A: np.ndarray  # (n,) PRTF estimate, needs no ground truth
+    uncertainty: np.ndarray  # (n,) spread of the engine's kept solutions / contrast of the image
+    flags: list  # per particle: None, or why it was not phased (its image is then zeros)
+    seconds_engine: float
     seconds_network: float
-    uncertainty: np.ndarray | None = None  # (n,) with passes > 1: mean per-pixel std / std of the mean image
 
 
-class ParticlePhaser:
-    """Classical run + network + Fourier check for batches of particles.
+class Phaser:
+    """A phaser card made executable: `phaser(diffractions, images_lr)` → `PhasedBatch`."""
 
-    passes > 1 gives an uncertainty: the classical run — the stochastic part of the chain, whose
-    result depends on where HIO starts — is repeated with `passes - 1` extra random starts
-    where the low-res image carries no phase; each goes through the network, the image written
-    is the mean and `uncertainty` the mean per-pixel spread relative to the image's contrast."""
+    def __init__(self, path: str | Path, device: str = "auto", engine_settings: EngineSettings | None = None):
+        card_file = card_path(path)
+        self.card = read_card(card_file)
+        try:
+            self.geometry = Geometry(**self.card["geometry"])
+            self.settings = engine_settings or EngineSettings.from_json(self.card["engine"])
+            network = self.card.get("network")
+        except (KeyError, TypeError, ValueError) as error:
+            raise SimedError(f"{card_file} is not a usable phaser card: {error!r}") from None
+        self.device = select_device(device)
+        self.engine = PhaseRetrievalEngine(self.geometry, self.settings, self.device)
+        self.network = None if network is None else self._load_network(card_file, network)
+        # what identifies this phaser in a STAR file: the card's content and the weights
+        self.sha256 = hashlib.sha256(json.dumps({"engine": self.settings.to_json(), "geometry": self.card["geometry"],
+                                                 "network": network}, sort_keys=True).encode()).hexdigest()
 
-    def __init__(self, model_path: str | Path, device: str = "auto", pool=None, passes: int = 1):
-        if passes < 1:
-            raise SimedError("uncertainty passes must be at least 1")
-        self.passes = passes
-        self.phaser = Phaser(model_path, device)
-        if self.phaser.classical is None:
-            raise SimedError(f"the card of {model_path} does not say which classical settings the model was "
-                             "trained with (`classical`); it cannot phase live data")
-        self.geometry = self.phaser.geometry
-        self.pool = pool  # an executor for the classical runs (they dominate the cost)
+    def _load_network(self, card_file: Path, network: dict) -> torch.nn.Module:
+        try:
+            file = card_file.with_name(network["file"])
+            arch = network["architecture"]
+            if list(network["inputs"]) != list(INPUT_CHANNELS):
+                raise ValueError(f"inputs {network['inputs']} (this version makes {list(INPUT_CHANNELS)})")
+            generator = ResidualRefiner(len(INPUT_CHANNELS), int(arch["width"]), int(arch["depth"]))
+            self.consistency = bool(network["consistency"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise SimedError(f"{card_file}: its network entry is not usable: {error!r}") from None
+        if not file.is_file():
+            raise SimedError(f"{card_file} names the network {file}, which does not exist")
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        if network.get("sha256") != digest:
+            raise SimedError(f"{file} is not the file its card describes (sha256 {digest[:12]}…, card "
+                             f"{str(network.get('sha256'))[:12]}…): the card's evaluation would not apply")
+        try:
+            generator.load_state_dict(torch.load(file, map_location=self.device, weights_only=True))
+        except Exception as error:  # a corrupt or foreign file: say which
+            raise SimedError(f"cannot load {file} as this card's network: {error}") from None
+        return generator.to(self.device).eval()
 
     def __call__(self, diffractions: np.ndarray, images_lr: np.ndarray) -> PhasedBatch:
         started = time.perf_counter()
-        n = len(diffractions)
-        # pass 0 is the deterministic run the model was trained on; the others start at random
-        jobs = [(d, l, self.geometry, self.phaser.classical, None if k == 0 else k)
-                for k in range(self.passes) for d, l in zip(diffractions, images_lr)]
-        if self.pool is not None:
-            classical = np.stack(list(self.pool.map(_classical, jobs)))
-        else:
-            classical = np.stack([_classical(job) for job in jobs])
+        diffractions = np.asarray(diffractions, np.float64)
+        images_lr = np.asarray(images_lr, np.float64)
+        found = self.engine(diffractions, images_lr)
         middle = time.perf_counter()
-        repeat = (self.passes,) + (1,) * (np.ndim(images_lr) - 1)
-        output = self.phaser(np.tile(images_lr, repeat), classical, np.tile(diffractions, repeat))
-        value = output * TARGET_SCALES[self.phaser.target]
-        if self.phaser.target == "image_hr":
-            value = value + 1.0
-        value = value.reshape(self.passes, n, *value.shape[1:])
-        uncertainty = None
-        if self.passes > 1:
-            spread = value.std(axis=0).mean(axis=(1, 2))
-            uncertainty = spread / np.maximum(value.mean(axis=0).std(axis=(1, 2)), 1e-12)
-        value, classical = value.mean(axis=0), classical[:n]
-        fourier_r = np.array([sigma_v_fourier_r(v if self.phaser.target == "potential" else c, d, self.geometry)
-                              for v, c, d in zip(value, classical, diffractions)])
-        return PhasedBatch(value.astype(np.float32), classical.astype(np.float32), fourier_r,
-                           middle - started, time.perf_counter() - middle, uncertainty)
+        sigma_v = found.sigma_v
+        if self.network is not None:
+            sigma_v = self.refine(images_lr, found.sigma_v, found.spread, diffractions, found.flags)
+        contrast = np.maximum(found.sigma_v.std(axis=(1, 2)), 1e-12)
+        fourier_r = np.array([np.nan if flag else sigma_v_fourier_r(v, d, self.geometry)
+                              for v, d, flag in zip(sigma_v, diffractions, found.flags)])
+        return PhasedBatch(sigma_v.astype(np.float32), found.sigma_v, fourier_r, found.r_free, found.resolution_A,
+                           found.spread.mean(axis=(1, 2)) / contrast, found.flags, middle - started,
+                           time.perf_counter() - middle)
 
-
-def _classical(job) -> np.ndarray:
-    diffraction, image_lr, geometry, settings, seed = job
-    rng = None if seed is None else np.random.default_rng(seed)
-    return phase(np.asarray(diffraction, np.float64), np.asarray(image_lr, np.float64), geometry, settings, rng)
+    @torch.no_grad()
+    def refine(self, images_lr, engine_sigma_v, spread, diffractions, flags=None) -> np.ndarray:
+        """The network's σV from the engine's result (flagged particles stay as they are)."""
+        inputs = torch.as_tensor(np.stack([model_inputs(l, v, s) for l, v, s in zip(images_lr, engine_sigma_v, spread)]),
+                                 device=self.device)
+        with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            output = self.network(inputs).float()
+        if self.consistency:
+            n = self.geometry.grid_px
+            parts = [measured_amplitudes(d, self.geometry) for d in diffractions]
+            amplitude = torch.as_tensor(np.stack([a[:, : n // 2 + 1] for a, _, _ in parts]) / TARGET_SCALE,
+                                        dtype=torch.float32, device=self.device)
+            known = torch.as_tensor(np.stack([k[:, : n // 2 + 1] for _, k, _ in parts]), device=self.device)
+            output = data_consistency(output, amplitude, known, n)
+        refined = output.cpu().numpy()[:, 0].astype(np.float64) * TARGET_SCALE
+        if flags is not None:
+            for i, flag in enumerate(flags):
+                if flag:
+                    refined[i] = engine_sigma_v[i]
+        return refined

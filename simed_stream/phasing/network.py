@@ -44,6 +44,18 @@ class UNetGenerator(nn.Module):
         return self.head(x)
 
 
+class ResidualRefiner(UNetGenerator):
+    """A U-Net that corrects an estimate: output = the estimate channel (`base_channel`) + the
+    U-Net's output. An untrained refiner starts near the engine's result, not near zero."""
+
+    def __init__(self, in_channels: int, width: int = 32, depth: int = 4, base_channel: int = 1):
+        super().__init__(in_channels, 1, width, depth)
+        self.base_channel = base_channel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.base_channel : self.base_channel + 1] + super().forward(x)
+
+
 class PatchDiscriminator(nn.Module):
     """Conditional PatchGAN: judges (inputs, image) in overlapping patches; one logit per patch.
 

@@ -1,11 +1,15 @@
-"""`simed train`: DiffraGAN training on simulated triplets, with a protein-level split.
+"""`simed train`: the network that refines the engine's result, on simulated triplets, with a
+protein-level split.
 
-Losses: a reconstruction term — MSE on a spectrally whitened error (each Fourier ring weighted
-by the inverse of the targets' mean amplitude there, so high resolution counts as much as low;
-plain L1 on normalised targets collapsed to zero in earlier trials) — plus λ × the PatchGAN's
-BCE. With `consistency: true` the generator's output passes the data-consistency projection, so
-the measured diffraction constrains every output. Adam(β1 = 0.5). Seeded, resumable
-(checkpoint.pt holds networks, optimisers and step), CUDA with mixed precision when present.
+The generator is a residual U-Net (`ResidualRefiner`): its inputs are the low-res image and the
+engine's σV and spread (from a sidecar made by `tools/precompute_engine.py`), its output the
+engine's σV plus a learned correction. Losses: MSE on a spectrally whitened error (each Fourier
+ring weighted by the inverse of the targets' mean amplitude there, so high resolution counts as
+much as low) plus, optionally, λ × a conditional PatchGAN's BCE (DiffraGAN's adversary; earlier
+CPU runs collapsed with it, so λ defaults to 0). With `consistency: true` the output passes the
+data-consistency projection. Adam(β1 = 0.5). Seeded, resumable (checkpoint.pt holds networks,
+optimisers and step), CUDA with mixed precision when present. `model.pt` is the best validated
+model and `model_card.json` a complete phaser card (the engine settings the inputs were made with).
 """
 
 from __future__ import annotations
@@ -27,24 +31,24 @@ from simed_stream.config import StrictModel, read_yaml_mapping, validate_config
 from simed_stream.errors import SimedError
 from simed_stream.metrics import frc, ring_index
 from simed_stream.phasing.classical import Geometry, measured_amplitudes
-from simed_stream.phasing.network import PatchDiscriminator, UNetGenerator, data_consistency
-from simed_stream.phasing.preprocess import INPUT_CHANNELS, INPUT_NORMALISATION, TARGET_SCALES, model_inputs, model_target
+from simed_stream.phasing.network import PatchDiscriminator, ResidualRefiner, data_consistency
+from simed_stream.phasing.preprocess import INPUT_CHANNELS, INPUT_NORMALISATION, TARGET_SCALE, model_inputs, model_target
 
 log = logging.getLogger(__name__)
 
 
 class TrainConfig(StrictModel):
-    datasets: list[str] = Field(..., description="triplet files from `simed simulate dataset`, each with a .classical.h5 beside it")
+    datasets: list[str] = Field(..., description="triplet files from `simed simulate dataset`, each with a .engine.h5 beside it")
+    sidecars: Optional[list[str]] = Field(None, description="engine sidecars, one per dataset (default DATASET.engine.h5)")
     validation_proteins: list[str] = Field(..., description="protein names held out of training")
     out: str = Field(..., description="run folder")
-    target: Literal["potential", "image_hr"] = "potential"
-    consistency: bool = Field(True, description="data-consistency projection on the generator output (potential only)")
+    consistency: bool = Field(True, description="data-consistency projection on the generator output")
     seed: int = 0
     steps: int = Field(2000, gt=0)
     batch_size: int = Field(16, gt=0)
     learning_rate: float = Field(2e-4, gt=0)
     beta1: float = 0.5
-    lambda_adversarial: float = Field(0.01, ge=0, description="weight of the PatchGAN BCE against the reconstruction")
+    lambda_adversarial: float = Field(0.0, ge=0, description="weight of the PatchGAN BCE against the reconstruction")
     width: int = Field(32, gt=0)
     depth: int = Field(4, gt=0)
     patch_layers: int = Field(2, gt=0, description="stride-2 layers of the discriminator: 2 → 16-px patches")
@@ -57,50 +61,55 @@ class TrainConfig(StrictModel):
 
 
 class TripletData:
-    """Arrays of one or more datasets in memory, with their classical results and geometry."""
+    """Arrays of one or more datasets in memory, with their engine results and geometry."""
 
-    def __init__(self, paths: list[str], target: str):
-        parts = {key: [] for key in ("image_lr", "classical", "diffraction", "target", "protein")}
+    def __init__(self, paths: list[str], sidecars: list[str] | None = None):
+        parts = {key: [] for key in ("image_lr", "engine", "spread", "diffraction", "target", "protein")}
         self.geometry = None
-        self.classical_settings = None  # what made the classical input: live inference must repeat it
-        for path in paths:
-            sidecar = Path(path).with_suffix(".classical.h5")
+        self.engine_settings = None  # what made the network's input: the phaser must repeat it
+        self.sidecars = []
+        for number, path in enumerate(paths):
+            sidecar = Path(sidecars[number]) if sidecars else Path(path).with_suffix(".engine.h5")
+            self.sidecars.append(str(sidecar))
             if not sidecar.exists():
-                raise SimedError(f"{sidecar} is missing: run tools/precompute_classical.py {path} first")
+                raise SimedError(f"{sidecar} is missing: run tools/precompute_engine.py {path} first")
             with h5py.File(path, "r") as f, h5py.File(sidecar, "r") as c:
+                identity = json.loads(c.attrs["identity"])
+                if identity["dataset"] != f.attrs["fingerprint"]:
+                    raise SimedError(f"{sidecar} was made from another dataset than {path}")
                 if not (f["done"][:].all() and c["done"][:].all()):
-                    raise SimedError(f"{path} or its classical results are incomplete")
+                    raise SimedError(f"{path} or its engine results are incomplete")
                 geometry = Geometry.from_attrs(f.attrs)
                 if self.geometry not in (None, geometry):
                     raise SimedError(f"{path} has another geometry than the first dataset")
                 self.geometry = geometry
                 self.preset = str(f.attrs.get("preset", "custom"))
-                settings = json.loads(c.attrs["identity"])["settings"]
-                if self.classical_settings not in (None, settings):
-                    raise SimedError(f"{sidecar} was computed with other classical settings than the first dataset's")
-                self.classical_settings = settings
+                if self.engine_settings not in (None, identity["engine"]):
+                    raise SimedError(f"{sidecar} was computed with other engine settings than the first dataset's")
+                self.engine_settings = identity["engine"]
+                usable = np.array([not flag for flag in c["flag"].asstr()[:]])
+                if not usable.any():
+                    raise SimedError(f"the engine flagged every sample of {path} (e.g. {c['flag'].asstr()[0]!r}): "
+                                     "nothing to train on")
                 names = [n.decode() if isinstance(n, bytes) else n for n in f["protein_name"][:]]
-                parts["image_lr"].append(f["image_lr"][:])
-                parts["classical"].append(c["classical"][:])
-                parts["diffraction"].append(f["diffraction"][:])
-                sample = {"potential": f["potential"][:], "image_hr": f["image_hr"][:]}
-                parts["target"].append(model_target(sample, target)[0][:, None])
-                parts["protein"].extend(names[i] for i in f["protein_id"][:])
-        self.image_lr = np.concatenate(parts["image_lr"])
-        self.classical = np.concatenate(parts["classical"])
-        self.diffraction = np.concatenate(parts["diffraction"])
-        self.target = np.concatenate(parts["target"])
-        self.protein = np.array(parts["protein"])
+                parts["image_lr"].append(f["image_lr"][:][usable])
+                parts["engine"].append(c["sigma_v"][:][usable])
+                parts["spread"].append(c["spread"][:][usable])
+                parts["diffraction"].append(f["diffraction"][:][usable])
+                parts["target"].append(np.stack([model_target(v) for v in f["potential"][:][usable]]))
+                parts["protein"].extend(names[i] for i in f["protein_id"][:][usable])
+        for key, value in parts.items():
+            setattr(self, key, np.array(value) if key == "protein" else np.concatenate(value))
 
-    def batch(self, indices: np.ndarray, device, with_consistency: bool, target: str) -> dict:
-        inputs = np.stack([model_inputs(self.image_lr[i], self.classical[i]) for i in indices])
+    def batch(self, indices: np.ndarray, device, with_consistency: bool) -> dict:
+        inputs = np.stack([model_inputs(self.image_lr[i], self.engine[i], self.spread[i]) for i in indices])
         batch = {"inputs": torch.as_tensor(inputs, device=device), "target": torch.as_tensor(self.target[indices], device=device)}
         if with_consistency:
             n = self.geometry.grid_px
             amplitudes, knowns = [], []
             for i in indices:
                 amplitude, known, _ = measured_amplitudes(self.diffraction[i].astype(np.float64), self.geometry)
-                amplitudes.append(amplitude[:, : n // 2 + 1] / TARGET_SCALES[target])
+                amplitudes.append(amplitude[:, : n // 2 + 1] / TARGET_SCALE)
                 knowns.append(known[:, : n // 2 + 1])
             batch["amplitude"] = torch.as_tensor(np.stack(amplitudes), dtype=torch.float32, device=device)
             batch["known"] = torch.as_tensor(np.stack(knowns), device=device)
@@ -121,8 +130,8 @@ def whitened_mse(output: torch.Tensor, target: torch.Tensor, weights: torch.Tens
     return (error.abs() ** 2 * weights**2).mean() / error.shape[-1] ** 2
 
 
-def build_generator(config: TrainConfig) -> UNetGenerator:
-    return UNetGenerator(len(INPUT_CHANNELS), 1, config.width, config.depth)
+def build_generator(config: TrainConfig) -> ResidualRefiner:
+    return ResidualRefiner(len(INPUT_CHANNELS), config.width, config.depth)
 
 
 def train(config: TrainConfig) -> Path:
@@ -132,9 +141,7 @@ def train(config: TrainConfig) -> Path:
     rng = np.random.default_rng(config.seed)
     device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
                           "cpu" if config.device == "auto" else config.device)
-    if config.consistency and config.target != "potential":
-        raise SimedError("consistency needs target: potential (the diffraction constrains σV, not the hr image)")
-    data = TripletData(config.datasets, config.target)
+    data = TripletData(config.datasets, config.sidecars)
     unknown = set(config.validation_proteins) - set(data.protein)
     if unknown:
         raise SimedError(f"validation proteins not in the datasets: {sorted(unknown)}")
@@ -143,6 +150,8 @@ def train(config: TrainConfig) -> Path:
     if not len(train_idx) or not len(val_idx):
         raise SimedError("the split leaves no training or no validation samples")
     val_idx = rng.permutation(val_idx)[: config.validation_samples]
+    engine_val = engine_frc(data, val_idx)
+    log.info("validation: the engine alone scores FRC0.5 %.2f Å on %d samples", engine_val, len(val_idx))
     generator, discriminator = build_generator(config).to(device), PatchDiscriminator(len(INPUT_CHANNELS), layers=config.patch_layers).to(device)
     opt_g = torch.optim.Adam(generator.parameters(), config.learning_rate, betas=(config.beta1, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), config.learning_rate, betas=(config.beta1, 0.999))
@@ -183,7 +192,7 @@ def train(config: TrainConfig) -> Path:
         while step < config.steps:
             tick = time.monotonic()
             indices = rng.choice(train_idx, config.batch_size, replace=False)
-            batch = data.batch(indices, device, config.consistency, config.target)
+            batch = data.batch(indices, device, config.consistency)
             with torch.autocast(device.type, enabled=amp):
                 output = generator(batch["inputs"])
             if config.consistency:
@@ -219,7 +228,7 @@ def train(config: TrainConfig) -> Path:
                 bar.set_postfix(val_frc05_A=f"{val_frc:.2f}")
                 if val_frc < best_frc:  # model.pt is the best validated so far: GAN training can collapse
                     best_frc = val_frc
-                    export_model(out, generator, config, data, step, val_frc, time.monotonic() - started)
+                    export_model(out, generator, config, data, step, val_frc, time.monotonic() - started, engine_val)
                 save_checkpoint(checkpoint, generator, discriminator, opt_g, opt_d, step, identity, best_frc)
             if step % config.sample_every == 0:
                 write_samples(out / f"samples-{step:06d}.png", generator, data, val_idx[:4], config, device)
@@ -235,7 +244,7 @@ def train(config: TrainConfig) -> Path:
 @torch.no_grad()
 def predict(generator, data: TripletData, indices, config: TrainConfig, device) -> torch.Tensor:
     generator.eval()
-    batch = data.batch(np.asarray(indices), device, config.consistency, config.target)
+    batch = data.batch(np.asarray(indices), device, config.consistency)
     output = generator(batch["inputs"]).float()
     if config.consistency:
         output = data_consistency(output, batch["amplitude"], batch["known"], data.geometry.grid_px)
@@ -244,15 +253,27 @@ def predict(generator, data: TripletData, indices, config: TrainConfig, device) 
 
 
 def validate(generator, data, val_idx, config, device, weights) -> tuple[float, float]:
+    """(whitened MSE, mean FRC₀.₅ in Å) on the validation samples; a curve that never falls
+    below 0.5 from ring 2 on counts as the box (as `simed evaluate` scores it)."""
     losses, resolutions = [], []
+    worst = data.geometry.image_size_px * data.geometry.image_pixel_A / 2
     for start in range(0, len(val_idx), config.batch_size):
         indices = val_idx[start : start + config.batch_size]
         output = predict(generator, data, indices, config, device)
         target = torch.as_tensor(data.target[indices], device=device)
         losses.append(whitened_mse(output, target, weights).item())
         for o, t in zip(output.cpu().numpy()[:, 0], data.target[indices][:, 0]):
-            resolutions.append(frc(o, t, data.geometry.image_pixel_A).resolution_A(0.5))
-    return float(np.mean(losses)), float(np.nanmean(resolutions))
+            value = frc(o, t, data.geometry.image_pixel_A).resolution_A(0.5)
+            resolutions.append(value if np.isfinite(value) else worst)
+    return float(np.mean(losses)), float(np.mean(resolutions))
+
+
+def engine_frc(data: TripletData, indices) -> float:
+    """The engine's own mean FRC₀.₅ on the same samples: what the network must beat."""
+    worst = data.geometry.image_size_px * data.geometry.image_pixel_A / 2
+    values = [frc(data.engine[i] / TARGET_SCALE, data.target[i][0], data.geometry.image_pixel_A).resolution_A(0.5)
+              for i in indices]
+    return float(np.mean([v if np.isfinite(v) else worst for v in values]))
 
 
 def save_checkpoint(path: Path, generator, discriminator, opt_g, opt_d, step: int, identity: str,
@@ -265,24 +286,27 @@ def save_checkpoint(path: Path, generator, discriminator, opt_g, opt_d, step: in
 
 
 def export_model(out: Path, generator, config: TrainConfig, data: TripletData, step: int, val_frc: float,
-                 seconds: float) -> None:
-    """model.pt (generator state_dict only; load with weights_only=True) and its model card."""
+                 seconds: float, engine_val_frc: float) -> None:
+    """model.pt (generator state_dict only; load with weights_only=True) and its phaser card."""
+    from simed_stream.phasing.inference import CARD_FORMAT
+
     model_path = out / "model.pt"
     tmp = model_path.with_suffix(".tmp")
     torch.save({k: v.detach().cpu() for k, v in generator.state_dict().items()}, tmp)
     tmp.replace(model_path)
     card = {
-        "format": "simed-diffragan/1",
-        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
-        "architecture": {"name": "UNetGenerator", "in_channels": list(INPUT_CHANNELS), "width": config.width,
-                         "depth": config.depth},
-        "preset": data.preset, "input_normalisation": INPUT_NORMALISATION,
-        "target": config.target, "target_scale": TARGET_SCALES[config.target], "consistency": config.consistency,
-        "geometry": data.geometry.__dict__, "classical": data.classical_settings,
-        "training": {"datasets": config.datasets, "proteins": sorted(set(data.protein) - set(config.validation_proteins)),
+        "format": CARD_FORMAT, "preset": data.preset, "geometry": data.geometry.__dict__,
+        "engine": data.engine_settings,
+        "network": {"file": "model.pt", "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+                    "architecture": {"name": "ResidualRefiner", "width": config.width, "depth": config.depth},
+                    "inputs": list(INPUT_CHANNELS), "input_normalisation": INPUT_NORMALISATION,
+                    "target": "potential", "target_scale": TARGET_SCALE, "consistency": config.consistency},
+        "training": {"datasets": config.datasets, "sidecars": data.sidecars,
+                     "proteins": sorted(set(data.protein) - set(config.validation_proteins)),
                      "validation_proteins": config.validation_proteins, "steps": step,
                      "batch_size": config.batch_size, "seconds": round(seconds, 1),
-                     "device": str(next(generator.parameters()).device), "validation_frc05_A": round(val_frc, 3)},
+                     "device": str(next(generator.parameters()).device), "validation_frc05_A": round(val_frc, 3),
+                     "validation_engine_frc05_A": round(engine_val_frc, 3)},
         "config": json.loads(config.model_dump_json()),
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2))
@@ -297,8 +321,8 @@ def write_samples(path: Path, generator, data: TripletData, indices, config: Tra
     output = predict(generator, data, indices, config, device).cpu().numpy()[:, 0]
     fig, axes = plt.subplots(len(indices), 4, figsize=(10, 2.6 * len(indices)), squeeze=False)
     for row, (i, o) in enumerate(zip(indices, output)):
-        for col, (image, title) in enumerate(((data.image_lr[i], "low-res input"), (data.classical[i], "classical"),
-                                              (o, "DiffraGAN"), (data.target[i][0], f"target ({config.target})"))):
+        for col, (image, title) in enumerate(((data.image_lr[i], "low-res input"), (data.engine[i], "engine"),
+                                              (o, "refined"), (data.target[i][0], "target (σV)"))):
             axes[row, col].imshow(image, cmap="gray")
             axes[row, col].set_title(title, fontsize=8)
             axes[row, col].axis("off")
