@@ -67,14 +67,16 @@ class SeriesSummary:
 class _Series:
     """State of one open series; lives in the processing thread only."""
 
-    def __init__(self, start: SeriesStart, header_bytes: bytes, now_ns: int, settings: ReceiverSettings,
-                 path: Path | None):
+    def __init__(self, start: SeriesStart, header_bytes: bytes, now_ns: int, wire_ns: int,
+                 settings: ReceiverSettings, path: Path | None):
         self.start = start
         self.status = np.zeros(start.frames_expected, np.uint8)
         self.accounting = Accounting(start.frames_expected, positions_total=start.nav_shape[0] * start.nav_shape[1])
-        self.last_activity = time.monotonic()
+        # wire clock (see Receiver._wire_ns) of this series' last message and of its series_end:
+        # timeouts measure silence on the wire, never the processing thread's own stalls
+        self.last_heard_ns = wire_ns
         self.end: SeriesEnd | None = None
-        self.ended_at = 0.0
+        self.ended_at_ns = 0
         self.overview_received = False
         self.notes: list[str] = []
         ny, nx = start.nav_shape
@@ -131,6 +133,8 @@ class Receiver:
         self.last_internal_error: str | None = None
         self._last_seq: int | None = None
         self._lag_s = 0.0
+        self._blocked_ns = 0  # receive thread: time spent blocked on a full queue (see _wire_ns)
+        self._wire_now_ns = 0  # processing thread: the wire clock of the item being handled
         self._threads: list[threading.Thread] = []
         self._rate_window: list[tuple[float, int]] = []
         self._rejection_logs = 0
@@ -148,6 +152,7 @@ class Receiver:
         self.stop()
 
     def start(self) -> None:
+        kernels.warm_up()  # before the first series can arrive, not while its frames queue
         socket = self._context.socket(zmq.PULL)
         socket.setsockopt(zmq.RCVHWM, self.settings.rcvhwm)
         # hard cap per part: beyond it ZeroMQ drops the connection (and reconnects); between the
@@ -202,34 +207,50 @@ class Receiver:
         poller.register(self._socket, zmq.POLLIN)
         while not self._stop.is_set():
             if not poller.poll(50):
-                if self._queue.empty():
-                    self._put(("tick", None, None, time.time_ns()))
+                if self._queue.empty():  # all received so far is handled: the wire was quiet until now
+                    self._put(("tick", None, None, time.time_ns(), self._wire_ns()))
                 continue
             parts = self._socket.recv_multipart(copy=False)
-            now_ns = time.time_ns()
+            now_ns, wire_ns = time.time_ns(), self._wire_ns()
             buffers = [part.buffer for part in parts]
             try:
                 message = decode(buffers, self.settings.max_message_bytes)
             except ProtocolError as error:
-                self._put(("rejected", error, None, now_ns))
+                self._put(("rejected", error, None, now_ns, wire_ns))
                 continue
             except Exception as error:  # a decoder gap must never take the receiver down
                 log.exception("unexpected error decoding a message")
-                self._put(("rejected", ProtocolError(f"malformed message ({error.__class__.__name__})"), None, now_ns))
+                self._put(("rejected", ProtocolError(f"malformed message ({error.__class__.__name__})"), None, now_ns,
+                           wire_ns))
                 continue
-            self._put(("message", message, bytes(buffers[0]), now_ns))
-        self._put(("stop", None, None, time.time_ns()))
+            self._put(("message", message, bytes(buffers[0]), now_ns, wire_ns))
+        self._put(("stop", None, None, time.time_ns(), self._wire_ns()))
+
+    def _wire_ns(self) -> int:
+        """The wire clock: monotonic time that the receive thread spent listening, i.e. not
+        blocked by back-pressure. While it is blocked, the detector's messages wait in ZeroMQ's
+        buffers unseen, so that time must not count as silence."""
+        return time.monotonic_ns() - self._blocked_ns
 
     def _put(self, item) -> None:
         """Queue an item, waiting while the queue is full (back-pressure); only a tick may be
         dropped, and only a dead processing thread makes us give up."""
-        while True:
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                if item[0] == "tick" or not self._threads[1].is_alive():
+        try:
+            self._queue.put_nowait(item)
+            return
+        except queue.Full:
+            pass
+        blocked_since = time.monotonic_ns()
+        try:
+            while True:
+                try:
+                    self._queue.put(item, timeout=0.1)
                     return
+                except queue.Full:
+                    if item[0] == "tick" or not self._threads[1].is_alive():
+                        return
+        finally:
+            self._blocked_ns += time.monotonic_ns() - blocked_since
 
     # -- processing thread
     def _process_loop(self) -> None:
@@ -240,7 +261,7 @@ class Receiver:
                     item = self._queue.get(timeout=0.1) if stopping else self._queue.get()
                 except queue.Empty:
                     break
-                kind, payload, header_bytes, t_ns = item
+                kind, payload, header_bytes, t_ns, self._wire_now_ns = item
                 self._lag_s = max(0.0, (time.time_ns() - t_ns) / 1e9)
                 if kind == "stop":
                     stopping = True  # then drain what is still queued
@@ -287,7 +308,7 @@ class Receiver:
                 return
             self._reject(ProtocolError(reason, message.series_id))
             return
-        series.last_activity = time.monotonic()
+        series.last_heard_ns = self._wire_now_ns
         if isinstance(message, Frames):
             self._frames(series, message, header_bytes, t_ns)
         elif isinstance(message, OverviewImage):
@@ -298,7 +319,7 @@ class Receiver:
             self._notify("overview", message.series_id, message)
         elif isinstance(message, SeriesEnd):
             series.end = message
-            series.ended_at = time.monotonic()
+            series.ended_at_ns = self._wire_now_ns
             series.accounting.dropped_at_source = message.frames_dropped_at_source
             if series.writer:
                 series.writer.add_message(header_bytes, t_ns)
@@ -323,7 +344,8 @@ class Receiver:
                        f"(max_open_series={self.settings.max_open_series})")
         else:
             try:
-                series = _Series(start, header_bytes, t_ns, self.settings, self._capture_path(start.series_id))
+                series = _Series(start, header_bytes, t_ns, self._wire_now_ns, self.settings,
+                                 self._capture_path(start.series_id))
             except (OSError, MemoryError, ValueError) as error:
                 problem = f"cannot open a capture for series {start.series_id!r}: {error}"
         if problem is not None:
@@ -538,16 +560,22 @@ class Receiver:
         summary.notes.append("overview arrived after the series closed")
 
     def _housekeeping(self) -> None:
+        """Flush captures about once a second; close series that ended or fell silent.
+
+        Silence is judged on the wire clock of the item just handled: every message received
+        before it has been handled (the queue is FIFO), so `wire_now - last_heard` is how long
+        the wire carried nothing for that series, however long processing took."""
         now = time.monotonic()
+        wire_now = self._wire_now_ns
         for series_id, series in list(self._series.items()):
             if series.writer and now - series.last_flush > self.settings.flush_interval_s:
                 self._write_done_sums(series)
                 series.writer.flush(series.accounting, series.status)
                 series.last_flush = now
             if series.end is not None:
-                if series.overview_received or now - series.ended_at > self.settings.overview_grace_s:
+                if series.overview_received or wire_now - series.ended_at_ns > self.settings.overview_grace_s * 1e9:
                     self._close(series_id, None)
-            elif now - series.last_activity > self.settings.series_timeout_s:
+            elif wire_now - series.last_heard_ns > self.settings.series_timeout_s * 1e9:
                 self._close(series_id, f"no series_end and no message for {self.settings.series_timeout_s:g} s")
 
     def _close(self, series_id: str, problem: str | None) -> None:

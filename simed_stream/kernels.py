@@ -442,6 +442,20 @@ def apply_pixel_mask(frames, mask, in_place: bool = False) -> np.ndarray:
     return out if array.ndim == 3 else out[0]
 
 
+def warm_up() -> None:
+    """Compile, or load from numba's cache, every specialisation the receiver calls.
+
+    On a cold cache that takes seconds, holding the GIL: the receiver calls this before it
+    connects, so no series ever waits for the compiler while its frames queue up."""
+    mask = np.zeros((4, 4), bool)
+    mask[1, 1] = True
+    for dtype in FRAME_DTYPES:
+        sums = np.zeros((1, 4, 4), sum_dtype(dtype))
+        accumulate_positions(np.zeros((1, 4, 4), dtype), np.zeros(1, np.int64), sums, np.zeros(1, np.int64))
+        beam_centre(sums[0])
+        apply_pixel_mask(sums[0], mask)
+
+
 # --------------------------------------------------------------------------------------------
 # 5. descan: the beam centre's drift across the scan, fitted by a plane
 

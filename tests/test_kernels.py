@@ -338,3 +338,21 @@ def test_kernels_called_from_threads_agree_with_serial_calls():
         threaded = list(pool.map(lambda _: kernels.beam_centres(frames), range(4)))
     for centres in threaded:
         np.testing.assert_array_equal(centres, serial)
+
+
+def test_warm_up_compiles_every_specialisation_the_receiver_calls():
+    """After warm_up nothing the receiver calls compiles again (a cold start compiled for
+    seconds while a series' frames queued up): every dtype, at a real frame size."""
+    kernels.warm_up()
+    cores = (kernels._accumulate_core, kernels._beam_centre_core, kernels._apply_mask_core)
+    before = [len(core.signatures) for core in cores]
+    mask = np.zeros((64, 64), bool)
+    mask[3, 4] = True
+    for dtype in kernels.FRAME_DTYPES:
+        frames = np.ones((3, 64, 64), dtype)
+        sums = np.zeros((2, 64, 64), kernels.sum_dtype(dtype))
+        counts = np.zeros(2, np.int64)
+        kernels.accumulate_positions(frames, np.array([0, 1, 0]), sums, counts)
+        kernels.beam_centre(sums[0][10:30, 5:40])  # a window of a sum, as the receiver searches
+        kernels.apply_pixel_mask(sums[1], mask)
+    assert [len(core.signatures) for core in cores] == before
