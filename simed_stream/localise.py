@@ -1,19 +1,27 @@
 """Find particles in an overview image, and score picks against known positions.
 
-An overview is a noisy, strongly defocused low-resolution TEM image: background ≈ 1, proteins
-of 25–60 Å appear as blobs of a few % contrast whose sign the defocus decides, with faint fringes
-of the opposite sign around them. They are found with a difference-of-Gaussians band-pass
-matched to the particle size:
+An overview is a noisy, strongly defocused low-resolution TEM image (1000 Å, 5 mrad aperture):
+background ≈ 1, proteins of 25–60 Å. Two response maps, matched to the particle size:
 
-- The image is first block-averaged so that a particle spans about `_TARGET_DIAMETER_BIN_PX`
-  binned pixels. Averaging is the right thing for the noise (it is what the band-pass would do
-  anyway at this scale) and makes the filters cheap on 3072² overviews.
-- DoG = G(σ₁) − G(σ₂) with σ₁ = s/√1.6 and σ₂ = s·√1.6, s = diameter/(2√2): s is the scale at
-  which a Laplacian of Gaussian responds most to a disc of that diameter (σ = R/√2), and
-  σ₂/σ₁ = 1.6 is Marr & Hildreth's closest DoG to that LoG. It removes pixel noise and slow
-  background (ice gradient, illumination) alike. On the synthetic overviews of the tests the
-  wider band σ₁ = s/1.6, σ₂ = 1.6·s gave slightly lower peak SNR (20.4σ vs 21.9σ) and 1.5× the
-  position error (median 1.8 px vs 1.2 px). Positive response = brighter than surroundings.
+- `method="power"` (the default): local power. A weak phase object under strong defocus has
+  almost no contrast at the particle's own scale — its CTF is ~0 there — and shows as a patch
+  of fine (4–15 Å) fringes of both signs. The image is band-passed at full resolution, squared,
+  block-averaged and smoothed over the particle size; polarity does not apply. On simulated
+  `cpu`-preset scans the DoG below found none of 10 particles at 3σ; see docs/particles.md.
+- `method="dog"`: a difference-of-Gaussians band-pass, for overviews with amplitude contrast
+  (blobs of a few % contrast whose sign the defocus decides, with faint fringes of the
+  opposite sign around them). DoG = G(σ₁) − G(σ₂) with σ₁ = s/√1.6 and σ₂ = s·√1.6,
+  s = diameter/(2√2): s is the scale at which a Laplacian of Gaussian responds most to a disc
+  of that diameter (σ = R/√2), and σ₂/σ₁ = 1.6 is Marr & Hildreth's closest DoG to that LoG.
+  It removes pixel noise and slow background (ice gradient, illumination) alike. On the
+  synthetic overviews of the tests the wider band σ₁ = s/1.6, σ₂ = 1.6·s gave slightly lower
+  peak SNR (20.4σ vs 21.9σ) and 1.5× the position error (median 1.8 px vs 1.2 px). Positive
+  response = brighter than surroundings.
+
+Both work on a block-averaged image (`skimage.measure.block_reduce`) in which a particle spans
+about `_TARGET_DIAMETER_BIN_PX` binned pixels: averaging is what a band-pass at this scale does
+to the noise anyway, and it makes the filters cheap on 3072² overviews. Then, for both:
+
 - The response is standardised by its median and robust spread (1.4826 × MAD): particles cover
   a small part of the field, so they barely move these, and `threshold_sigma` is then a number
   of background sigmas.
@@ -37,14 +45,6 @@ matched to the particle size:
   pure-noise 1408² overviews (12 seeds, demo dose) every noise peak above 5σ lay within 10 px of
   the border (7 of them, up to 8σ; the strongest inside was 4.4σ); with the default exclusion
   there were none.
-
-The default, `method="power"`, maps local power instead: a weak phase object under strong
-defocus (the overview: 1000 Å, 5 mrad aperture) has almost no contrast at the particle's own
-scale — its CTF is ~0 there — and shows as a patch of fine (4–15 Å) fringes of both signs. The
-image is band-passed at full resolution, squared, binned and smoothed over the particle size;
-peaks of that map above `threshold_sigma` robust sigmas are particles (polarity does not apply).
-On simulated `cpu`-preset scans the DoG found none of 10 particles at 3σ; see docs/particles.md.
-The DoG (`method="dog"`) is for overviews with amplitude contrast (blobs of one sign).
 
 Pick scoring is one-to-one matching with `scipy.optimize.linear_sum_assignment`, only pairs
 within the radius counting, as Topaz's `match_coordinates` does; the cost here (see
@@ -120,10 +120,12 @@ def _check_overview(overview: np.ndarray, pixel_size_A: float) -> np.ndarray:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor × factor blocks; the last rows/columns that do not fill a block are dropped."""
+    """Mean over factor × factor blocks (float64); the last rows/columns that do not fill a
+    block are dropped, where block_reduce would pad them with zeros."""
+    from skimage.measure import block_reduce
+
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float64)
+    return block_reduce(np.asarray(image[:h, :w], np.float64), (factor, factor), np.mean)
 
 
 def _parabola_offset(minus: float, centre: float, plus: float) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from simed_stream.phasing.classical import Geometry, HIOSettings, phase
 
@@ -67,13 +68,13 @@ def main() -> None:
         print(f"{len(todo)} of {total} samples to phase with {args.workers} worker(s)", flush=True)
         context = multiprocessing.get_context("spawn")
         with context.Pool(args.workers, initializer=_init, initargs=(str(args.dataset), settings)) as pool:
-            for count, (index, result, seconds) in enumerate(pool.imap(_work, todo, chunksize=4), 1):
+            results = pool.imap(_work, todo, chunksize=4)
+            for count, (index, result, seconds) in enumerate(tqdm(results, total=len(todo), unit="sample"), 1):
                 out["classical"][index] = result
                 out["seconds"][index] = seconds
                 out["done"][index] = True
                 if count % 50 == 0:
                     out.flush()
-                    print(f"{count}/{len(todo)}", flush=True)
 
 
 if __name__ == "__main__":
