@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from simed_stream.capture import MISSING, RECEIVED, REJECTED, CaptureReader
-from simed_stream.ingest import Receiver, ReceiverSettings
+from simed_stream.ingest import Receiver, ReceiverListener, ReceiverSettings
 from simed_stream.protocol import encode_header
 from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
 
@@ -32,7 +32,7 @@ def free_endpoint() -> str:
 def settings_for(tmp_path, endpoint, **overrides):
     values = dict(data_endpoint=endpoint, overview_grace_s=0.5, series_timeout_s=1.5, max_message_bytes=2 << 20)
     values.update(overrides)
-    return ReceiverSettings(tmp_path / "captures", **values)
+    return ReceiverSettings(capture_dir=tmp_path / "captures", **values)
 
 
 def stream(tmp_path, faults="", source=None, receiver=None, **detector_options):
@@ -437,9 +437,10 @@ def test_partially_duplicated_message_replays_verbatim(tmp_path):
         assert bytes(np.ascontiguousarray(pixels)) == bytes(original[4])
 
 
-class StallingListener:
-    """A live-pipeline hook that blocks the processing thread once for `stall_s`: what a full
-    hand-over queue (or numba compiling on a cold start) does to the receiver, for real."""
+class StallingListener(ReceiverListener):
+    """A listener that blocks the processing thread once for `stall_s`: what a full hand-over
+    queue (the live pipeline's back-pressure, or numba compiling on a cold start) does to the
+    receiver, for real."""
 
     def __init__(self, stall_s: float, on: str, nth: int = 1):
         self.stall_s, self.on, self.nth, self.calls, self.stalled = stall_s, on, nth, 0, False
@@ -454,14 +455,11 @@ class StallingListener:
     def series_started(self, start):
         self._maybe_stall("series_started")
 
-    def position(self, series_id, position, chunk, count, centre, valid):
-        self._maybe_stall("position")
-
-    def overview(self, series_id, message):
-        self._maybe_stall("overview")
+    def position_sum(self, record):
+        self._maybe_stall("position_sum")
 
 
-@pytest.mark.parametrize("stall_on", ["series_started", "position"])
+@pytest.mark.parametrize("stall_on", ["series_started", "position_sum"])
 def test_a_processing_stall_longer_than_the_timeout_loses_nothing(tmp_path, stall_on):
     """The series timeout is silence on the wire, not the receiver's own stall: while processing
     is blocked for 4× the timeout, the detector keeps sending (its messages wait in the queue);

@@ -18,9 +18,12 @@ import pytest
 import starfile
 
 from simed_stream.capture import RECEIVED, CaptureReader
+from simed_stream.chain import NO_OVERVIEW, SeriesResult
 from simed_stream.cli import main
-from simed_stream.live import LivePipeline, LiveSettings, replay_capture
-from simed_stream.pipeline import NO_OVERVIEW, ChainSettings
+from simed_stream.cli.replay import replay_capture
+from simed_stream.live.pipeline import LivePipeline
+from simed_stream.live.settings import LiveSettings
+from simed_stream.live.status import status_line
 from simulator.detector import FakeDetector, FaultPlan, capture_series
 
 from conftest import run_with_deadline
@@ -64,15 +67,15 @@ class Detector(threading.Thread):
 
 
 def live_settings(tmp_path, **overrides) -> LiveSettings:
-    values = {"out_dir": tmp_path / "out", "model": Path("unused"), "data_endpoint": f"ipc://{tmp_path}/data.sock",
-              "device": "cpu", "chain": ChainSettings(batch_size=2), "batch_latency_s": 0.2,
+    values = {"out": tmp_path / "out", "model": Path("unused"), "data_endpoint": f"ipc://{tmp_path}/data.sock",
+              "device": "cpu", "batch_size": 2, "batch_latency_s": 0.2,
               "overview_timeout_s": 1.0, "series_timeout_s": 3.0, "status_interval_s": 0.2}
     return LiveSettings(**(values | overrides))
 
 
 def run_live(tmp_path, phaser, sources, faults="", max_series=1, rate_fps="max", **overrides):
-    settings = live_settings(tmp_path, **overrides)
-    pipeline = LivePipeline(settings, phaser=phaser, max_series=max_series)
+    settings = live_settings(tmp_path, max_series=max_series, **overrides)
+    pipeline = LivePipeline(settings, phaser=phaser)
     detector = Detector(settings.data_endpoint, sources, faults, rate_fps)
     detector.start()
     results = run_with_deadline(pipeline, 60)
@@ -106,7 +109,8 @@ def star_rows(series_dir: Path) -> int:
 
 def test_replay_capture_end_to_end(scan, scan_frames, tiny_model, tmp_path):
     out = tmp_path / "out"
-    pipeline = replay_capture(scan, out, ChainSettings(batch_size=2), tiny_model, "cpu", "max")
+    settings = LiveSettings(out=out, model=tiny_model, device="cpu", batch_size=2, overview_timeout_s=5.0)
+    pipeline = replay_capture(scan, settings, "max")
     assert len(pipeline.results) == 1 and pipeline.errors == []
     result = pipeline.results[0]
     assert result.status == "phased", result
@@ -303,11 +307,9 @@ STATUS_KEYS = {"ingest": ["frames_per_s", "frames_received", "frames_rejected", 
 
 
 def test_status_while_running_and_after(scan, phaser, tmp_path):
-    from simed_stream.live import status_line
-
     statuses = []
-    settings = live_settings(tmp_path)
-    pipeline = LivePipeline(settings, phaser=phaser, max_series=1, on_status=statuses.append)
+    settings = live_settings(tmp_path, max_series=1)
+    pipeline = LivePipeline(settings, phaser=phaser, on_status=statuses.append)
     detector = Detector(settings.data_endpoint, [capture_series(scan)], rate_fps=200)  # ~0.25 s of frames
     detector.start()
     [result] = run_with_deadline(pipeline, 60)
@@ -380,20 +382,16 @@ def test_a_failing_result_write_does_not_hang_the_run(scan, scan_b, phaser, tmp_
     """Disk full when the first series' result.json is written: that series fails, the run goes on."""
     import errno
 
-    import simed_stream.live
-    import simed_stream.pipeline
-
-    original = simed_stream.pipeline.write_result
+    original = SeriesResult.write
     failures = []
 
-    def write_result(out_dir, result):
-        if Path(out_dir).name == "scan":
-            failures.append(out_dir)
-            raise OSError(errno.ENOSPC, "No space left on device", str(out_dir))
-        return original(out_dir, result)
+    def write(result):
+        if result.out_dir.name == "scan":
+            failures.append(result.out_dir)
+            raise OSError(errno.ENOSPC, "No space left on device", str(result.out_dir))
+        return original(result)
 
-    monkeypatch.setattr(simed_stream.pipeline, "write_result", write_result)
-    monkeypatch.setattr(simed_stream.live, "write_result", write_result)
+    monkeypatch.setattr(SeriesResult, "write", write)
     _pipeline, results, _ = run_live(tmp_path, phaser, [capture_series(scan), capture_series(scan_b)],
                                     max_series=2)
     assert failures

@@ -22,8 +22,10 @@ import torch
 
 from simed_stream.cli import main
 from simed_stream.errors import SimedError
-from simed_stream.particles import (ScanCalibration, match_to_scan, pattern_side_px, prepare_particles,
+from simed_stream.codec import compress_frame
+from simed_stream.particles import (ScanCalibration, fill_particle, match_particles, match_to_scan, pattern_side_px,
                                     wavelength_A)
+from simed_stream.records import PositionSum
 from simed_stream.phasing.classical import Geometry
 from simulator.scan import ScanSettings
 
@@ -251,15 +253,17 @@ def test_calibration_needs_the_optics():
                                      {"pixel_size_A": 1.0, "affine_scan_to_overview": [[1, 0, 0], [0, 1, 0]]})
 
 
-def test_wavelength_at_200_kV(physics_dataset):
-    assert wavelength_A(200e3) == pytest.approx(0.02508, abs=1e-5)
-    with h5py.File(physics_dataset, "r") as f:  # abTEM's own number for the dataset
-        assert wavelength_A(float(f.attrs["energy_eV"])) == pytest.approx(float(f.attrs["wavelength_A"]), rel=1e-6)
+def test_wavelength_is_abtems():
+    from abtem.core.energy import energy2wavelength
+
+    for energy_eV in (80e3, 200e3, 300e3):
+        assert wavelength_A(energy_eV) == pytest.approx(energy2wavelength(energy_eV), rel=1e-7)
+    assert wavelength_A(200e3) == pytest.approx(0.025079, abs=1e-6)
 
 
 # ---------------------------------------------------------------- preparing particles
 
-def test_prepare_particles_flags_each_problem_and_cuts_the_good_one():
+def test_preparing_particles_flags_each_problem_and_cuts_the_good_one():
     geometry = CPU_GEOMETRY
     mrad_per_px = 1e3 * geometry.wavelength_A / geometry.box_A
     side = 2 * math.ceil(geometry.max_angle_mrad / mrad_per_px) + 1
@@ -287,17 +291,26 @@ def test_prepare_particles_flags_each_problem_and_cuts_the_good_one():
     bad = np.zeros((256, 256), bool)
     bad[131, 140] = True
     frame[131, 140] = 2**20
-    table = {1 * 5 + 1: (frame, 1, (130.0, 129.0), False), 1 * 5 + 3: (frame, 2, (np.nan, np.nan), False),
-             0 * 5 + 2: (frame, 2, (130.0, 129.0), True), 3 * 5 + 2: (frame, 2, (130.3, 128.6), True),
-             4 * 5 + 4: (frame, 2, (10.0, 128.0), True)}
-    asked = []
+    chunk = compress_frame(frame)
 
-    def positions(flat):
-        asked.append(flat)
-        return table[flat]
+    def position(flat, counted, centre, valid):
+        return PositionSum("s", flat, counted, centre, valid, chunk, frame.dtype, frame.shape)
 
-    particles = prepare_particles(picks, np.arange(6.0), overview, calibration, geometry, positions, bad)
-    assert sorted(asked) == sorted(table)  # every pick inside the scan, and only those
+    table = {1 * 5 + 1: position(6, 1, (130.0, 129.0), False), 1 * 5 + 3: position(8, 2, (np.nan, np.nan), False),
+             0 * 5 + 2: position(2, 2, (130.0, 129.0), True), 3 * 5 + 2: position(17, 2, (130.3, 128.6), True),
+             4 * 5 + 4: position(24, 2, (10.0, 128.0), True)}
+
+    def prepare(picks, scores, min_coverage=1.0):
+        particles = match_particles(picks, scores, calibration)
+        for p in particles:
+            if p.flag is None:
+                fill_particle(p, table[p.scan_yx[0] * 5 + p.scan_yx[1]], overview, calibration, geometry, bad,
+                              min_coverage)
+        return particles
+
+    particles = prepare(picks, np.arange(6.0))
+    matched = sorted(p.scan_yx[0] * 5 + p.scan_yx[1] for p in particles if p.scan_yx is not None)
+    assert matched == sorted(table)  # every pick inside the scan, and only those
     flags = [p.flag for p in particles]
     assert flags[0].startswith("missing frames") and "0.50" in flags[0]
     assert "no direct beam" in flags[1]
@@ -315,7 +328,7 @@ def test_prepare_particles_flags_each_problem_and_cuts_the_good_one():
     r0, c0 = round(picks[4][0]) - 64, round(picks[4][1]) - 64
     np.testing.assert_array_equal(good.image_lr, overview[r0 : r0 + 128, c0 : c0 + 128])
     # a lower coverage requirement lets the half-covered particle through to the next check
-    again = prepare_particles(picks[:1], np.zeros(1), overview, calibration, geometry, positions, bad, min_coverage=0.5)
+    again = prepare(picks[:1], np.zeros(1), min_coverage=0.5)
     assert again[0].flag is None and again[0].coverage == 0.5
 
 
@@ -503,14 +516,16 @@ def test_simulate_scan_refuses_more_particles_than_fit(tmp_path, physics_dataset
 
 def test_dask_local_cluster_gives_the_serial_stack(tmp_path, scan_capture, tiny_model):
     """Two captures on a local Dask cluster of 2 workers = the same two, one after the other, here."""
-    from simed_stream.pipeline import ChainSettings, reprocess_captures
+    from simed_stream.chain_settings import ChainSettings
+    from simed_stream.reprocess import reprocess_captures
     from simed_stream.stack import read_stack
 
     second = tmp_path / "scan-b.h5"
     shutil.copy(scan_capture, second)
     captures = [scan_capture, second]
-    serial = reprocess_captures(captures, tmp_path / "serial", tiny_model, ChainSettings(), "cpu", None)
-    parallel = reprocess_captures(captures, tmp_path / "dask", tiny_model, ChainSettings(), "cpu", "local", workers=2)
+    settings = ChainSettings(model=tiny_model, device="cpu")
+    serial = reprocess_captures(captures, tmp_path / "serial", settings, None)
+    parallel = reprocess_captures(captures, tmp_path / "dask", settings, "local", workers=2)
     assert [r.status for r in parallel] == ["phased", "phased"]
     for a, b in zip(serial, parallel):
         assert (a.picks, a.phased, a.flagged) == (b.picks, b.phased, b.flagged)
