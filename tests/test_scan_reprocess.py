@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import time
 
 import h5py
 import hdf5plugin  # noqa: F401  (decodes the capture's Blosc-compressed frames and sums)
@@ -49,11 +50,12 @@ def scan_capture(scan):
 
 @pytest.fixture(scope="module")
 def reprocessed(tmp_path_factory, scan_capture, tiny_model):
-    """`simed reprocess` of the scan: (exit code, output folder, capture sha256 before)."""
+    """`simed reprocess` of the scan: (exit code, output folder, capture sha256 before, seconds it took)."""
     before = sha256(scan_capture)
     out = tmp_path_factory.mktemp("reprocess") / "out"
+    started = time.perf_counter()
     code = main(["reprocess", str(scan_capture), "--out", str(out), "--model", str(tiny_model)])
-    return code, out / scan_capture.stem, before
+    return code, out / scan_capture.stem, before, time.perf_counter() - started
 
 
 def _masked_by_hand(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -335,7 +337,7 @@ def test_preparing_particles_flags_each_problem_and_cuts_the_good_one():
 # ---------------------------------------------------------------- reprocess end to end
 
 def test_reprocess_writes_a_relion_stack(reprocessed, scan_capture, tiny_model):
-    code, out, before = reprocessed
+    code, out, before, _ = reprocessed
     assert code == 0
     assert sha256(scan_capture) == before, "reprocess changed the capture"
     result = json.loads((out / "result.json").read_text())
@@ -370,8 +372,8 @@ def test_reprocess_writes_a_relion_stack(reprocessed, scan_capture, tiny_model):
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_reprocess_reports_every_pick_and_its_timing(reprocessed):
-    _, out, _ = reprocessed
+def test_reprocess_reports_every_pick_and_its_timing(reprocessed, scan_capture):
+    _, out, _, wall_s = reprocessed
     result = json.loads((out / "result.json").read_text())
     picks = json.loads((out / "picks.json").read_text())
     assert len(picks) == result["picks"] > 0
@@ -381,15 +383,30 @@ def test_reprocess_reports_every_pick_and_its_timing(reprocessed):
             assert 0 <= pick["fourier_r"] and pick["coverage"] == 1.0
     assert sum(p["flag"] is None for p in picks) == result["phased"]
     assert sum(result["flagged"].values()) == result["picks"] - result["phased"]
+    # picking against the capture's truth, by hand: the particles are two scan steps (140 Å)
+    # apart, so the nearest pick within half a diameter (20 Å) is the one-to-one match
+    with h5py.File(scan_capture, "r") as f:
+        truth_yx = f["truth/yx_overview_px"][:]
+    picks_yx = np.array([[p["y_px"], p["x_px"]] for p in picks])
+    radius_px = 20.0 / (70.0 / 128)
+    distance = np.hypot(*(truth_yx[:, None, :] - picks_yx[None, :, :]).transpose(2, 0, 1))
+    matched_pick = [int(row.argmin()) for row in distance if row.min() <= radius_px]
+    assert len(set(matched_pick)) == len(matched_pick)
+    precision, recall = len(matched_pick) / len(picks), len(matched_pick) / len(truth_yx)
     score = result["pick_score"]
-    assert score is not None and 0.0 <= score["f1"] <= 1.0
-    for stage in ("pick", "prepare", "classical", "network", "write", "report"):
-        assert result["seconds"][stage] >= 0.0, stage
+    assert (score["true_positives"], score["false_positives"], score["false_negatives"]) == (
+        len(matched_pick), len(picks) - len(matched_pick), len(truth_yx) - len(matched_pick))
+    assert score["precision"] == pytest.approx(precision) and score["recall"] == pytest.approx(recall)
+    assert score["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+    # every stage did work, and the stages are parts of the command's own wall time
+    stages = ("pick", "prepare", "classical", "network", "write", "report")
+    assert all(result["seconds"][stage] > 0 for stage in stages), result["seconds"]
+    assert sum(result["seconds"][stage] for stage in stages) < wall_s
 
 
 def test_picks_json_gives_each_pick_its_own_fourier_r(reprocessed):
     """picks.json and particles.star must agree on which pick got which Fourier R-factor."""
-    _, out, _ = reprocessed
+    _, out, _, wall_s = reprocessed
     picks = json.loads((out / "picks.json").read_text())
     particles = starfile.read(out / "particles.star", always_dict=True)["particles"]
     star = {(round(float(y), 2), round(float(x), 2)): float(r) for y, x, r in
