@@ -162,3 +162,20 @@ def test_demo_runs_the_live_chain_with_the_shipped_model(tmp_path, capsys):
     assert "picking F1" in out
     result = json.loads((series_dir / "result.json").read_text())
     assert result["pick_score"]["f1"] >= 0.75 and result["frc05_A_vs_truth"]["particles"] >= 3
+
+
+def test_the_live_yaml_in_the_docs_is_every_key_with_its_default():
+    """docs/live.md shows every `simed run` key with its default: it must validate to the defaults."""
+    import re
+
+    import yaml
+
+    from simed_stream.config import validate_config
+    from simed_stream.live.settings import LiveSettings
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "live.md").read_text()
+    data = yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1))
+    shown = {key for key, _ in settings_fields(LiveSettings) if key.split(".")[0] in data
+             and (key.count(".") == 0 or key.split(".")[1] in data[key.split(".")[0]])}
+    assert shown == {key for key, _ in settings_fields(LiveSettings)}
+    assert validate_config(LiveSettings, data, "docs/live.md") == LiveSettings(out=data["out"])
