@@ -33,6 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from simed_stream.arrays import crop_around
 from simed_stream.errors import SimedError
 
 log = logging.getLogger(__name__)
@@ -143,9 +144,8 @@ class ScanScene:
         size = int(self.attrs["image_size_px"])
         intensity = np.ones(shape)
         taper = _taper(size, size // 8)
-        for (r, c), clean in zip(self.yx_overview_px.astype(int), self.image_lr_clean):
-            r0, c0 = r - size // 2, c - size // 2
-            intensity[r0 : r0 + size, c0 : c0 + size] += (clean - np.median(clean)) * taper
+        for centre, clean in zip(self.yx_overview_px.astype(int), self.image_lr_clean):
+            crop_around(intensity, centre, size)[...] += (clean - np.median(clean)) * taper
         electrons_per_px = self.lr_dose_e_per_A2 * self.pixel_A**2
         return (rng.poisson(np.maximum(intensity, 0) * electrons_per_px) / electrons_per_px).astype(np.float32)
 
@@ -162,9 +162,7 @@ class ScanScene:
             frame[h // 2 + dy, w // 2 + dx] = 1.0
         else:
             d = self.diffraction[index]
-            side = d.shape[0]
-            r0, c0 = h // 2 + dy - side // 2, w // 2 + dx - side // 2
-            frame[r0 : r0 + side, c0 : c0 + side] = d / d.sum()
+            crop_around(frame, (h // 2 + dy, w // 2 + dx), d.shape[0])[...] = d / d.sum()
         return frame
 
     def frames(self, y: int, x: int) -> np.ndarray:
