@@ -10,6 +10,7 @@ import pytest
 from simed_stream import __version__
 from simed_stream.cli import SETTINGS_COMMANDS, build_parser, main
 from simed_stream.cli.options import settings_fields, settings_from_args
+from simed_stream.cli.simulate import SimulateScanCommand
 
 SUBCOMMANDS = [["simulate"], ["simulate", "dataset"], ["simulate", "preview"], ["detector"], ["receive"], ["train"], ["evaluate"], ["demo"],
                ["simulate", "scan"], ["reprocess"], ["run"], ["replay"], ["phase-worker"]]
@@ -52,8 +53,11 @@ def test_console_script_is_installed():
 # ---------------------------------------------------------------- one settings model per command
 
 def _subparser(name: str) -> argparse.ArgumentParser:
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices[name]
+    parser = build_parser()
+    for word in name.split():
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = commands.choices[word]
+    return parser
 
 
 def _other_valid_value(key: str, info):
@@ -68,9 +72,11 @@ def _other_valid_value(key: str, info):
     annotation = info.annotation
     if getattr(annotation, "__origin__", None) is list:
         candidates += [[Path("a.h5"), Path("b.h5")]]
+    if getattr(annotation, "__origin__", None) is tuple:
+        candidates += [(3, 3)]
     for option in getattr(annotation, "__args__", ()) if getattr(annotation, "__origin__", None) is Literal else ():
         candidates.append(option)
-    candidates += [not default if isinstance(default, bool) else None, Path("elsewhere") / key, 3, 0.5, 12.5]
+    candidates += [not default if isinstance(default, bool) else None, Path("elsewhere") / key, 3, 0.5, 0.25, 12.5]
     for value in candidates:
         if value is None or value == default:
             continue
@@ -87,10 +93,13 @@ def _argv(key: str, value, info, positional: bool) -> list[str]:
     flag = (info.json_schema_extra or {}).get("cli_flags") or ["--" + key.rsplit(".", 1)[-1].replace("_", "-")]
     if isinstance(value, bool):
         return [flag[0] if value else "--no-" + flag[0][2:]]
+    if isinstance(value, tuple):
+        return [flag[0], "x".join(map(str, value))]  # HxW
     return [flag[0], *map(str, value)] if isinstance(value, list) else [flag[0], str(value)]
 
 
-@pytest.mark.parametrize("name, model", [(name, model) for name, model, _, _ in SETTINGS_COMMANDS])
+@pytest.mark.parametrize("name, model", [(name, model) for name, model, _, _ in SETTINGS_COMMANDS]
+                         + [("simulate scan", SimulateScanCommand)])
 def test_flags_and_yaml_keys_come_from_one_settings_model(name, model, tmp_path):
     """Every setting is a flag and a YAML key, and nothing else is: a value given either way lands
     in the same field (each one non-default, so a flag wired to another field would show)."""
@@ -109,8 +118,8 @@ def test_flags_and_yaml_keys_come_from_one_settings_model(name, model, tmp_path)
         level = nested
         for part in parents:
             level = level.setdefault(part, {})
-        level[leaf] = [str(v) for v in value] if isinstance(value, list) else \
-            str(value) if isinstance(value, Path) else value
+        level[leaf] = [str(v) for v in value] if isinstance(value, (list, tuple)) and isinstance(value[0], Path) \
+            else list(value) if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
     config = tmp_path / "settings.yaml"
     config.write_text(yaml.safe_dump(nested))
     from_yaml = settings_from_args(model, parser.parse_args(["--config", str(config)]))

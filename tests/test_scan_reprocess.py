@@ -528,7 +528,7 @@ def test_simulate_scan_refuses_more_particles_than_fit(tmp_path, physics_dataset
     assert "do not fit" in err and f"at most {room}" in err
     assert not out.exists()
     with pytest.raises(SimedError, match="at most 4"):
-        ScanSettings(scan_shape=(4, 3), particles=5).validate()
+        ScanSettings(scan_shape=(4, 3), particles=5)
 
 
 def test_dask_local_cluster_gives_the_serial_stack(tmp_path, scan_capture, tiny_model):

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from simed_stream.cli.common import shape
+from pydantic import Field
+
+from simed_stream.cli.options import add_command
 from simed_stream.errors import SimedError
+from simulator.scan import ScanSettings
 
 
 def add(commands) -> None:
@@ -31,20 +34,8 @@ def add(commands) -> None:
     dataset.add_argument("--preview", type=Path, metavar="PNG", help="also write a preview PNG of the first samples")
     dataset.set_defaults(handler=_simulate_dataset)
 
-    scan = kinds.add_parser(
-        "scan", help="a synthetic specimen scan (capture file) from a triplets dataset",
-        description="Place particles of a simulated dataset in a scanned patch: diffraction frames per scan "
-        "position (Poisson counts, descan drift, hot pixels), an overview image, and the ground truth. The result "
-        "is a capture (`simed detector --capture` replays it, `simed reprocess` phases it).")
-    scan.add_argument("--dataset", type=Path, required=True, metavar="TRIPLETS.h5")
-    scan.add_argument("--scan-shape", type=shape, default=(12, 12), metavar="HxW", help="scan positions (default 12x12)")
-    scan.add_argument("--particles", type=int, default=10, metavar="P", help="particles in the patch (default 10)")
-    scan.add_argument("--frames-per-position", type=int, default=2, metavar="F")
-    scan.add_argument("--electrons-per-position", type=float, default=1e11, metavar="E",
-                      help="dose per scan position (default 1e11: what phasing needs, see docs/simulation.md)")
-    scan.add_argument("--seed", type=int, default=0, metavar="S")
-    scan.add_argument("--out", type=Path, required=True, metavar="CAPTURE.h5")
-    scan.set_defaults(handler=_simulate_scan)
+    add_command(kinds, "scan", SimulateScanCommand, simulate_scan_command,
+                "a synthetic specimen scan (capture file) from a triplets dataset")
 
     preview = kinds.add_parser("preview", help="PNG of the first samples of a dataset",
                                description="Write a PNG showing the first finished samples of a dataset.")
@@ -72,16 +63,23 @@ def _simulate_dataset(args) -> int:
     return 0
 
 
-def _simulate_scan(args) -> int:
-    from simulator.scan import ScanSettings, simulate_scan
+class SimulateScanCommand(ScanSettings):
+    dataset: Path = Field(description="triplets from `simed simulate dataset`")
+    out: Path = Field(description="the capture to write (never overwritten)")
 
-    if not args.dataset.is_file():
-        raise SimedError(f"dataset {args.dataset} does not exist")
-    settings = ScanSettings(scan_shape=args.scan_shape, particles=args.particles,
-                            frames_per_position=args.frames_per_position,
-                            electrons_per_position=args.electrons_per_position, seed=args.seed)
-    out = simulate_scan(args.dataset, args.out, settings)
-    print(f"simulate scan: wrote {out} ({args.particles} particles, {args.scan_shape[0]}x{args.scan_shape[1]} scan)")
+
+def simulate_scan_command(command: SimulateScanCommand) -> int:
+    """Place particles of a simulated dataset in a scanned patch: diffraction frames per scan
+    position (Poisson counts, descan drift, hot pixels), an overview image, and the ground truth.
+    The result is a capture (`simed detector --capture` replays it, `simed reprocess` phases it)."""
+    from simulator.scan import simulate_scan
+
+    if not command.dataset.is_file():
+        raise SimedError(f"dataset {command.dataset} does not exist")
+    settings = ScanSettings(**command.model_dump(exclude={"dataset", "out"}))
+    out = simulate_scan(command.dataset, command.out, settings)
+    ny, nx = settings.scan_shape
+    print(f"simulate scan: wrote {out} ({settings.particles} particles, {ny}x{nx} scan)")
     return 0
 
 
