@@ -505,3 +505,25 @@ def test_a_stall_that_blocks_the_receive_thread_times_out_no_interleaved_series(
         assert not any("no series_end" in note or "missing" in note for note in summary.notes), summary.notes
         assert summary.accounting["received"] == 8 and summary.accounting["rejected"] == 0
     assert status["rejected_messages"] == 0
+
+
+def test_a_cold_start_loses_nothing(tmp_path):
+    """The failure of a fresh clone: numba with nothing cached (its own empty cache here), a clean
+    series streamed as fast as possible into `simed receive`; every frame must be captured."""
+    endpoint = free_endpoint()
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    receiver = subprocess.Popen([sys.executable, "-m", "simed_stream.cli", "-q", "receive", "--data", endpoint,
+                                 "--out", str(tmp_path / "captures"), "--series", "1", "--series-timeout-s", "1.5",
+                                 "--overview-grace-s", "0.5"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        with FakeDetector(endpoint, None, rate_fps="max", peer_timeout_s=120) as detector:
+            report = detector.run([synthetic_series("cold", **SMALL)])
+        out, _ = receiver.communicate(timeout=120)
+    finally:
+        receiver.kill()
+    assert receiver.returncode == 0, out
+    assert "series cold closed (complete)" in out and "note:" not in out, out
+    with CaptureReader(tmp_path / "captures" / "cold.h5") as capture:
+        assert capture.accounting["received"] == 128 and capture.accounting["rejected"] == 0
+        np.testing.assert_array_equal(np.flatnonzero(capture.frame_status == RECEIVED), sorted(report.frames_sent_ok))
+    assert any((tmp_path / "numba-cache").rglob("*.nbi")), "numba did not use the empty cache: not a cold start"
