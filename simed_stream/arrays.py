@@ -32,3 +32,12 @@ def embed_center(array: np.ndarray, size: int, fill: float = 0) -> np.ndarray:
     rows, cols = center_slices(size, array.shape[-1])
     out[..., rows, cols] = array
     return out
+
+
+def crop_around(array: np.ndarray, centre_yx, size: int) -> np.ndarray | None:
+    """The size × size block of the last two axes whose centre pixel (size // 2, as above) is
+    `centre_yx` rounded to whole pixels — a view — or None where the block would leave the array."""
+    r0, c0 = (int(round(v)) - size // 2 for v in centre_yx)
+    if r0 < 0 or c0 < 0 or r0 + size > array.shape[-2] or c0 + size > array.shape[-1]:
+        return None
+    return array[..., r0 : r0 + size, c0 : c0 + size]

@@ -1,70 +1,33 @@
-"""Lossless HDF5 captures of a simed-stream series (`docs/capture.md`).
+"""Lossless HDF5 captures of a simed-stream series (`docs/capture.md`): the file layout, its
+writer and its reader.
 
-One file per series. Frames are stored one per chunk, bitshuffled and LZ4-compressed as
-detector vendors store them (through Blosc, hdf5plugin's filter 32001), compressed in threads
-and written with direct chunk writes. Every accepted message header is kept verbatim with its arrival time, so
-`simed detector --capture` replays the same stream bit for bit. The writer flushes about once a
-second; a receiver killed between flushes leaves a file readable up to the last flush, because
-`frame_status` (what counts) is only written with a flush.
+One file per series. Frames and position sums are stored one per chunk in the codec of
+`codec.py` (Blosc bitshuffle + LZ4, hdf5plugin's filter 32001), compressed by the receiver and
+written with direct chunk writes. Every accepted message header is kept verbatim with its
+arrival time, so `simed detector --capture` replays the same stream bit for bit. The writer
+flushes about once a second; a receiver killed between flushes leaves a file readable up to the
+last flush, because `frame_status` (what counts) is only written with a flush.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import hdf5plugin
 import numpy as np
 
+from simed_stream.codec import compress_frame, hdf5_filter
+from simed_stream.kernels import sum_dtype
 from simed_stream.protocol import FRAME_DTYPES, OverviewImage, SeriesStart
+from simed_stream.records import PositionSum
 
+log = logging.getLogger(__name__)
 FORMAT = "simed-capture/1"
 MISSING, RECEIVED, REJECTED = 0, 1, 2
-
-
-def _codec():
-    from numcodecs import Blosc, blosc
-
-    blosc.use_threads = False  # our threads call it; Blosc must not start its own
-    return Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE)
-
-
-_CODEC = None
-
-
-def compress_frame(frame: np.ndarray) -> bytes:
-    """One frame as a Blosc (bitshuffle + LZ4) HDF5 chunk, for a direct chunk write.
-
-    Blosc's bitshuffle/LZ4 rather than the bitshuffle filter's own: the same transform and
-    codec, but numcodecs' Blosc releases the GIL, so frames compress in parallel threads
-    (bitshuffle's Python binding holds it)."""
-    global _CODEC
-    if _CODEC is None:
-        _CODEC = _codec()
-    return bytes(_CODEC.encode(np.ascontiguousarray(frame)))
-
-
-def compress_frames(frames: np.ndarray, pool=None) -> list[bytes]:
-    """`compress_frame` over a batch: the first half in `pool` (when given), the rest here."""
-    if pool is None or len(frames) < 4:
-        return [compress_frame(frame) for frame in frames]
-    middle = len(frames) // 2
-    first = pool.submit(lambda: [compress_frame(frame) for frame in frames[:middle]])
-    second = [compress_frame(frame) for frame in frames[middle:]]
-    return first.result() + second
-
-
-#: HDF5 filter matching `compress_frame`, for h5py to read the chunks (with hdf5plugin imported).
-def frame_filter():
-    return hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.BITSHUFFLE)
-
-
-def position_sum_dtype(frame_dtype: np.dtype) -> np.dtype:
-    """Sums of integer frames are uint32 (no overflow for thousands of 16-bit frames); floats stay float32."""
-    return np.dtype("<f4") if frame_dtype.kind == "f" else np.dtype("<u4")
 
 
 @dataclass
@@ -111,7 +74,7 @@ class CaptureWriter:
         f.attrs.update(format=FORMAT, series_id=start.series_id, unique_id=start.header["unique_id"],
                        protocol=start.header["protocol"], series_start=start_header_bytes.decode(),
                        state="open", created_unix_s=time.time())
-        filters = frame_filter()
+        filters = hdf5_filter()
         self.frames = f.create_dataset("frames", (n, h, w), start.dtype, chunks=(1, h, w), **filters)
         self.frame_status = f.create_dataset("frame_status", (n,), np.uint8, fillvalue=MISSING)
         self.scan_yx = f.create_dataset("scan_yx", (n, 2), np.int32, fillvalue=-1)
@@ -127,8 +90,8 @@ class CaptureWriter:
         if start.pixel_mask is not None:
             f.create_dataset("pixel_mask", data=start.pixel_mask)
         positions = ny * nx
-        sum_dtype = position_sum_dtype(start.dtype)
-        self.position_sum = f.create_dataset("positions/sum", (positions, h, w), sum_dtype, chunks=(1, h, w), **filters)
+        self.position_sum = f.create_dataset("positions/sum", (positions, h, w), sum_dtype(start.dtype),
+                                             chunks=(1, h, w), **filters)
         self.position_count = f.create_dataset("positions/frame_count", (positions,), np.int32)
         self.beam_centre = f.create_dataset("positions/beam_centre_yx", (positions, 2), np.float64, fillvalue=np.nan)
         self.position_valid = f.create_dataset("positions/valid", (positions,), bool)
@@ -174,21 +137,16 @@ class CaptureWriter:
     def add_rejection(self, reason: str) -> None:
         self._rejections.append(reason)
 
-    def write_position(self, position: int, chunk: bytes, frame_count: int, centre_yx, valid: bool) -> None:
-        """A position's summed frame, compressed by `compress_frame`, and its table entries."""
-        self.position_sum.id.write_direct_chunk((position, 0, 0), chunk)
-        self._position_count[position] = frame_count
-        self._beam_centre[position] = centre_yx
-        self._position_valid[position] = valid
+    def write_position(self, record: PositionSum) -> None:
+        """A position's summed frame (its chunk as compressed) and its table entries."""
+        self.position_sum.id.write_direct_chunk((record.position, 0, 0), record.chunk)
+        self._position_count[record.position] = record.frames_counted
+        self._beam_centre[record.position] = record.beam_centre_yx
+        self._position_valid[record.position] = record.valid
         self._tables_dirty = True
 
     def write_overview(self, overview: OverviewImage, header_bytes: bytes) -> None:
-        name = f"overviews/{overview.header['overview_id']}"
-        if name in self.file:  # a second image under the same id: keep both
-            name = f"{name}-{overview.msg_seq}"
-        dataset = self.file.create_dataset(name, data=overview.image, compression="gzip", compression_opts=1)
-        dataset.attrs.update(header=header_bytes.decode(), pixel_size_A=float(overview.header["pixel_size_A"]),
-                             affine_scan_to_overview=overview.affine, acquired=overview.header["acquired"])
+        write_overview(self.file, overview, header_bytes)
 
     # -- bookkeeping
     def flush(self, accounting: Accounting | None = None, frame_status: np.ndarray | None = None) -> None:
@@ -227,8 +185,35 @@ class CaptureWriter:
         self.file.close()
 
 
+def write_overview(f: h5py.File, overview: OverviewImage, header_bytes: bytes) -> str:
+    """`overviews/<id>` with its header; a second image under the same id is kept beside it as
+    `<id>-<msg_seq>`. Used while a series is open and for an overview that comes after it closed."""
+    name = f"overviews/{overview.header['overview_id']}"
+    if name in f:
+        name = f"{name}-{overview.msg_seq}"
+    dataset = f.create_dataset(name, data=overview.image, compression="gzip", compression_opts=1)
+    dataset.attrs.update(header=header_bytes.decode(), pixel_size_A=float(overview.header["pixel_size_A"]),
+                         affine_scan_to_overview=overview.affine, acquired=overview.header["acquired"])
+    return name
+
+
+def add_late_overview(path: Path, overview: OverviewImage, header_bytes: bytes) -> list[str]:
+    """An overview that came after its series closed, added to the closed capture; returns the
+    notes for the series' summary."""
+    notes = []
+    try:
+        with h5py.File(path, "r+") as f:
+            write_overview(f, overview, header_bytes)
+    except OSError as error:  # e.g. a reader holds the file: keep the image beside it instead
+        side = path.with_name(f"{path.stem}.overview-{overview.header['overview_id']}.npy")
+        np.save(side, overview.image)
+        log.error("could not add the late overview to %s (%s); saved it as %s", path, error, side)
+        notes.append(f"late overview saved beside the capture as {side.name}")
+    return notes + ["overview arrived after the series closed"]
+
+
 class CaptureReader:
-    """Read access to a capture, also one cut short; import hdf5plugin so the frames decode."""
+    """Read access to a capture, also one cut short (importing `codec` registered its filter)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -240,6 +225,7 @@ class CaptureReader:
             self.file.close()
             raise ValueError(f"{self.path} is not a {FORMAT} capture (format={self.file.attrs.get('format')!r})")
         self.series_start = json.loads(self.file.attrs["series_start"])
+        self._positions: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # read on first use
 
     def __enter__(self) -> "CaptureReader":
         return self
@@ -267,3 +253,43 @@ class CaptureReader:
 
     def message_times_ns(self) -> np.ndarray:
         return self.file["messages/receive_time_ns"][:]
+
+    def first_overview(self) -> tuple[np.ndarray, dict] | None:
+        """The overview sent first (lowest msg_seq; the live path uses the first to arrive) and
+        its header, or None."""
+        overviews = list(self.file["overviews"].values()) if "overviews" in self.file else []
+        if not overviews:
+            return None
+        headers = [json.loads(d.attrs["header"]) for d in overviews]
+        first = min(range(len(overviews)), key=lambda i: headers[i].get("msg_seq", 0))
+        return overviews[first][:], headers[first]
+
+    @property
+    def pixel_mask(self) -> np.ndarray | None:
+        return self.file["pixel_mask"][:].astype(bool) if "pixel_mask" in self.file else None
+
+    def position_sum(self, position: int) -> PositionSum:
+        """A position's record as the receiver made it: its chunk read as stored, not re-encoded."""
+        if self._positions is None:
+            g = self.file["positions"]
+            self._positions = (g["frame_count"][:], g["beam_centre_yx"][:], g["valid"][:])
+        counts, centres, valid = self._positions
+        sums = self.file["positions/sum"]
+        try:
+            filter_mask, chunk = sums.id.read_direct_chunk((position, 0, 0))
+        except RuntimeError:  # never written: no frame of this position arrived
+            filter_mask, chunk = 1, b""
+        if filter_mask:  # not a chunk as `compress_frame` made it (unwritten, or rewritten by a tool)
+            chunk = compress_frame(sums[position])
+        return PositionSum(self.file.attrs.get("series_id", self.path.stem), position, int(counts[position]),
+                           (float(centres[position, 0]), float(centres[position, 1])), bool(valid[position]),
+                           chunk, sums.dtype, sums.shape[1:])
+
+    def truth(self) -> dict | None:
+        """The ground truth a simulated scan carries (`simed simulate scan`), or None."""
+        if "truth" not in self.file:
+            return None
+        g = self.file["truth"]
+        return {"yx_overview_px": g["yx_overview_px"][:], "potential": g["potential"][:],
+                "image_hr": g["image_hr"][:],
+                "protein": [p.decode() if isinstance(p, bytes) else p for p in g["protein"][:]]}

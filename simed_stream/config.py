@@ -1,7 +1,9 @@
-"""YAML configuration mapped onto typed, validated pydantic models.
+"""Settings as typed, validated pydantic models, read from YAML (and, in the CLI, from flags).
 
 Every model forbids unknown keys, so a typo such as `defocus_nm` is an error naming the key
-and listing what is allowed instead of being silently ignored.
+and listing what is allowed instead of being silently ignored. A command's settings model is
+the one place its options are declared: `simed_stream/cli/options.py` makes the command-line
+flags from it, `read_yaml_mapping` + `validate_config` the YAML keys.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ class StrictModel(BaseModel):
     """Base for configuration sections: unknown keys are rejected, instances are immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Settings(StrictModel):
+    """A settings model built in code (not only from a file): invalid values raise a ConfigError
+    naming the key, the value and the rule, like a bad configuration file does."""
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as error:
+            raise ConfigError(format_validation_error(type(self), error, f"{type(self).__name__}")) from None
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -102,3 +115,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+def cli(*flags: str, positional: bool = False) -> dict[str, Any]:
+    """`json_schema_extra` of a settings field, for the command line: more flag names besides
+    the one made from the field's name (e.g. a short or a historical one), or a positional argument."""
+    return {"cli_flags": list(flags), "cli_positional": positional}

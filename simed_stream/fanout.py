@@ -1,13 +1,15 @@
-"""Fan-out of classical phasing — the chain's dominant cost — to worker processes over ZeroMQ.
+"""Fan-out of the phase-retrieval engine — the chain's dominant cost — to worker processes over ZeroMQ.
 
 The pipeline binds a PUSH socket (jobs) and a PULL socket (results); workers connect to both,
 so they can be local processes (`PhasingFanout(workers=N)` starts them) or processes on other
 machines started with `simed phase-worker --jobs ENDPOINT --results ENDPOINT`. PUSH deals jobs
-round-robin to whoever is connected; results carry the job id, so order does not matter.
+round-robin to whoever is connected; results carry the job id, so order does not matter. A job
+is one particle; the network, if the phaser has one, runs in the pipeline on the gathered batch.
 
 Messages are a JSON header plus raw little-endian float64 arrays — no pickle: a worker never
-executes what it receives, and every message size is bounded. Same arithmetic as in-process
-(`classical.phase` on the same arrays), so the stack is identical whichever computes it.
+executes what it receives, and every message size is bounded. Each worker runs the engine on
+one thread with the settings the job names, so a particle's result equals the in-process
+engine's for that particle alone.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict
 
 import numpy as np
 import zmq
 
-from simed_stream.phasing.classical import Geometry, HIOSettings, phase
+from simed_stream.phasing.classical import Geometry
+from simed_stream.phasing.engine import EngineResult, EngineSettings, PhaseRetrievalEngine
 
 log = logging.getLogger(__name__)
 MAX_SIDE_PX = 2048
 MAX_MESSAGE_BYTES = 3 * MAX_SIDE_PX * MAX_SIDE_PX * 8 + 65536
+#: what a worker sends back per particle, as arrays (the rest travels in the JSON header)
+IMAGES = ("sigma_v", "best", "spread")
+SCALARS = ("r_free", "r_work", "resolution_A", "searches")
 
 
 def _array_part(array: np.ndarray) -> bytes:
@@ -43,7 +48,8 @@ def _read_array(part: bytes, shape) -> np.ndarray:
 
 
 class PhasingFanout:
-    """An executor-like pool (`map`) that runs `classical.phase` jobs on connected workers."""
+    """Runs the engine on connected workers: `fanout(settings, geometry, diffractions, images_lr)`
+    returns the `EngineResult` the in-process engine would, one particle per job."""
 
     def __init__(self, workers: int = 2, jobs_endpoint: str | None = None, results_endpoint: str | None = None,
                  timeout_s: float = 600.0):
@@ -94,27 +100,26 @@ class PhasingFanout:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def map(self, _function, jobs) -> list[np.ndarray]:
-        """Results of `classical.phase(diffraction, image_lr, geometry, settings[, rng from seed])` per job, in order.
-        (`_function` is accepted for executor compatibility; workers only ever run `phase`.)"""
-        jobs = list(jobs)
+    def __call__(self, settings: EngineSettings, geometry: Geometry, diffractions, images_lr) -> EngineResult:
         batch = uuid.uuid4().hex
         deadline = time.monotonic() + self.timeout_s
-        for index, (diffraction, image_lr, geometry, settings, *seed) in enumerate(jobs):
-            header = {"batch": batch, "index": index, "geometry": asdict(geometry), "settings": asdict(settings),
-                      "seed": seed[0] if seed else None,
-                      "diffraction_shape": list(np.shape(diffraction)), "image_lr_shape": list(np.shape(image_lr))}
+        count = len(diffractions)
+        for index in range(count):
+            header = {"batch": batch, "index": index, "geometry": geometry.__dict__, "settings": settings.to_json(),
+                      "diffraction_shape": list(np.shape(diffractions[index])),
+                      "image_lr_shape": list(np.shape(images_lr[index]))}
             # PUSH blocks while no worker is connected: wait for room, never past the deadline
             while not self.push.poll(timeout=1000, flags=zmq.POLLOUT):
                 self._check_workers()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no phasing worker took a job within {self.timeout_s:g} s")
-            self.push.send_multipart([json.dumps(header).encode(), _array_part(diffraction), _array_part(image_lr)])
-        results: dict[int, np.ndarray] = {}
-        while len(results) < len(jobs):
+            self.push.send_multipart([json.dumps(header).encode(), _array_part(diffractions[index]),
+                                      _array_part(images_lr[index])])
+        replies: dict[int, tuple[dict, list[np.ndarray]]] = {}
+        while len(replies) < count:
             self._check_workers()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(jobs) - len(results)} phasing job(s) unanswered after {self.timeout_s:g} s")
+                raise TimeoutError(f"{count - len(replies)} phasing job(s) unanswered after {self.timeout_s:g} s")
             if not self.pull.poll(timeout=1000):
                 continue
             parts = self.pull.recv_multipart()
@@ -124,36 +129,64 @@ class PhasingFanout:
                     continue
                 if "error" in header:
                     raise RuntimeError(f"phasing worker failed: {header['error']}")
-                results[int(header["index"])] = _read_array(parts[1], header["shape"]).copy()
-            except (ValueError, KeyError, IndexError) as error:
+                images = [] if header["flag"] else [_read_array(p, header["shape"]) for p in parts[1:4]]
+                replies[int(header["index"])] = (header, images)
+            except (ValueError, KeyError, IndexError, TypeError) as error:
                 log.error("malformed phasing result ignored: %s", error)
-        return [results[i] for i in range(len(jobs))]
+        return _assemble([replies[i] for i in range(count)], geometry)
+
+
+def _assemble(replies: list[tuple[dict, list[np.ndarray]]], geometry: Geometry) -> EngineResult:
+    size, count = geometry.image_size_px, len(replies)
+    rings = max(len(header.get("prtf", [])) for header, _ in replies) or 1
+    result = EngineResult(
+        sigma_v=np.zeros((count, size, size), np.float32), best=np.zeros((count, size, size), np.float32),
+        spread=np.zeros((count, size, size), np.float32), r_free=np.full(count, np.nan), r_work=np.full(count, np.nan),
+        prtf=np.full((count, rings), np.nan), prtf_frequency_inv_A=np.arange(rings) / (geometry.grid_px * geometry.image_pixel_A),
+        resolution_A=np.full(count, np.nan), searches=np.zeros(count, np.int64), flags=[None] * count)
+    for row, (header, images) in enumerate(replies):
+        result.flags[row] = header["flag"]
+        if header["flag"]:
+            continue
+        for name, image in zip(IMAGES, images):
+            getattr(result, name)[row] = image
+        for name in SCALARS:
+            getattr(result, name)[row] = header[name]
+        result.prtf[row, : len(header["prtf"])] = header["prtf"]
+    return result
 
 
 def serve(jobs_endpoint: str, results_endpoint: str) -> None:
-    """A worker: phase every job received until terminated."""
+    """A worker: phase every job received until terminated (one thread: one worker per core)."""
+    import torch
+
+    torch.set_num_threads(1)
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     pull.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
     pull.connect(jobs_endpoint)
     push = context.socket(zmq.PUSH)
     push.connect(results_endpoint)
+    engines: dict[str, PhaseRetrievalEngine] = {}  # one per (geometry, settings) seen
     while True:
         parts = pull.recv_multipart()
         header: dict = {}
         try:
             header = json.loads(parts[0])
-            geometry = Geometry(**header["geometry"])
-            settings = HIOSettings(**{k: tuple(v) if isinstance(v, list) else v for k, v in header["settings"].items()})
+            key = json.dumps([header["geometry"], header["settings"]], sort_keys=True)
+            if key not in engines:
+                engines[key] = PhaseRetrievalEngine(Geometry(**header["geometry"]),
+                                                    EngineSettings.from_json(header["settings"]), "cpu")
             diffraction = _read_array(parts[1], header["diffraction_shape"])
             image_lr = _read_array(parts[2], header["image_lr_shape"])
-            seed = header.get("seed")
-            if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
-                raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-            rng = None if seed is None else np.random.default_rng(seed)
-            result = phase(diffraction, image_lr, geometry, settings, rng)
-            reply = {"batch": header["batch"], "index": header["index"], "shape": list(result.shape)}
-            push.send_multipart([json.dumps(reply).encode(), _array_part(result)])
+            found = engines[key](diffraction[None], image_lr[None])
+            reply = {"batch": header["batch"], "index": header["index"], "flag": found.flags[0]}
+            arrays = []
+            if not found.flags[0]:
+                reply.update({name: float(getattr(found, name)[0]) for name in SCALARS},
+                             shape=list(found.sigma_v.shape[1:]), prtf=np.nan_to_num(found.prtf[0], nan=0.0).tolist())
+                arrays = [_array_part(getattr(found, name)[0]) for name in IMAGES]
+            push.send_multipart([json.dumps(reply).encode(), *arrays])
         except Exception as error:  # a bad job gets an error answer; the worker carries on
             answer = {"batch": header.get("batch"), "index": header.get("index"), "error": str(error)[:500]}
             push.send_multipart([json.dumps(answer).encode()])
@@ -162,7 +195,7 @@ def serve(jobs_endpoint: str, results_endpoint: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="simed phase-worker", description="Classical phasing worker (ZeroMQ).")
+    parser = argparse.ArgumentParser(prog="simed phase-worker", description="Phase-retrieval worker (ZeroMQ).")
     parser.add_argument("--jobs", required=True, help="the pipeline's jobs endpoint (PUSH side)")
     parser.add_argument("--results", required=True, help="the pipeline's results endpoint (PULL side)")
     args = parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Numba kernels for detector frames: position sums, beam centres, shifts, bad pixels, descan.
+"""Numba kernels for detector frames: position sums, beam centres, bad pixels; the descan fit.
 
 Frames are 2-D detector images of dtype uint8, uint16, uint32 or float32; batches are (n, h, w).
 Every public function is a plain Python wrapper that checks its arguments (ValueError with a
@@ -6,7 +6,8 @@ message naming the argument) and then calls a jitted core. The cores release the
 (`nogil=True`), so callers may run them in threads. They are serial on purpose: in the receiver
 they share two cores with ZeroMQ, compression and HDF5, and a parallel region's worker threads
 (OpenMP spins after each region) starved those threads — 0.85 ms instead of 20 µs to compress
-a frame. Parallelism comes from the caller's threads.
+a frame. Parallelism comes from the caller's threads. The descan fit is plain numpy: it runs
+once per series, on one centre per scan position.
 
 Coordinates are (y, x) = (row, column) in pixels; pixel (i, j) has its centre at (i, j).
 """
@@ -22,10 +23,6 @@ FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32), np
 
 # 1.4826 * MAD estimates the standard deviation of normally distributed values.
 MAD_TO_STD = 1.4826
-
-# The 8 neighbours of a pixel, as (dy, dx).
-NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
-
 
 # --------------------------------------------------------------------------------------------
 # argument checks
@@ -59,14 +56,6 @@ def _positive_int(value, name: str) -> int:
     return int(value)
 
 
-def _yx_pairs(values, n: int, name: str) -> np.ndarray:
-    """`values` as float64 (n, 2); NaN is allowed (it marks an invalid centre)."""
-    array = np.asarray(values, dtype=np.float64)
-    if array.shape != (n, 2):
-        raise ValueError(f"{name} must have shape ({n}, 2) to match the frames, got {array.shape}")
-    return np.ascontiguousarray(array)
-
-
 def sum_dtype(frame_dtype) -> np.dtype:
     """Accumulator dtype for sums of frames: uint32 for integer frames, float32 for float32."""
     dtype = np.dtype(frame_dtype)
@@ -84,8 +73,8 @@ def sum_dtype(frame_dtype) -> np.dtype:
 @numba.njit(nogil=True, cache=True)
 def _accumulate_core(frames, position_index, sums, counts):
     n, h, w = frames.shape
-    # Threads split the detector rows, not the frames: each sum element is then written by one
-    # thread, in frame order, so float sums are reproducible and there are no races.
+    # Rows outer, frames inner: every sum element still receives its frames in frame order, so
+    # float sums do not depend on how a scan's frames were split into messages.
     for row in range(h):
         for i in range(n):
             position = position_index[i]
@@ -127,19 +116,6 @@ def accumulate_positions(frames, position_index, sums: np.ndarray, counts: np.nd
         bad = index[(index < -1) | (index >= n_positions)]
         raise ValueError(f"position_index values must lie in [-1, {n_positions - 1}], got {bad[:5].tolist()}")
     _accumulate_core(frames, index.astype(np.int64), sums, counts)
-
-
-def sum_positions(frames, position_index, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum frames per scan position: (sums (n_positions, h, w), counts (n_positions,) int64).
-
-    Sums are uint32 for integer frames and float32 for float32 frames; index -1 skips a frame.
-    """
-    frames = _as_frames(frames, 3)
-    n_positions = _positive_int(n_positions, "n_positions")
-    sums = np.zeros((n_positions,) + frames.shape[1:], dtype=sum_dtype(frames.dtype))
-    counts = np.zeros(n_positions, dtype=np.int64)
-    accumulate_positions(frames, position_index, sums, counts)
-    return sums, counts
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,14 +205,6 @@ def _beam_centre_core(frame, radius_px, box_px):
     return cy, cx
 
 
-@numba.njit(nogil=True, cache=True)
-def _beam_centres_core(frames, radius_px, box_px, centres):
-    for i in range(frames.shape[0]):
-        cy, cx = _beam_centre_core(frames[i], radius_px, box_px)
-        centres[i, 0] = cy
-        centres[i, 1] = cx
-
-
 def beam_centre(frame, radius_px: float = 8.0, box_px: int = 5) -> tuple[float, float]:
     """Sub-pixel direct-beam centre (cy, cx) of one frame.
 
@@ -253,135 +221,8 @@ def beam_centre(frame, radius_px: float = 8.0, box_px: int = 5) -> tuple[float, 
     return float(cy), float(cx)
 
 
-def beam_centres(frames, radius_px: float = 8.0, box_px: int = 5) -> np.ndarray:
-    """`beam_centre` of each frame: (n, 2) float64 of (cy, cx), NaN rows for frames with no signal."""
-    frames = _as_frames(frames, 3)
-    centres = np.empty((frames.shape[0], 2), dtype=np.float64)
-    _beam_centres_core(frames, _positive_float(radius_px, "radius_px"), _positive_int(box_px, "box_px"), centres)
-    return centres
-
-
 # --------------------------------------------------------------------------------------------
-# 3. sub-pixel shifts
-
-
-@numba.njit(nogil=True, cache=True)
-def _shift_into(frame, dy, dx, out):
-    """Write `frame` moved by (dy, dx) into float32 `out` by bilinear splatting.
-
-    Every input pixel (y, x) sends its value to the 4 pixels around (y + dy, x + dx) with
-    bilinear weights. The shift is the same for all pixels, so this equals a gather: output
-    (Y, X) takes input rows Y - iy (weight 1 - fy) and Y - iy - 1 (weight fy), where
-    dy = iy + fy, and likewise for columns. The gather has no write conflicts and sums each
-    output in float64. Contributions landing outside the frame are dropped.
-    """
-    h, w = frame.shape
-    if not (math.isfinite(dy) and math.isfinite(dx)):
-        for y in range(h):  # no valid shift: unshifted
-            for x in range(w):
-                out[y, x] = frame[y, x]
-        return
-    if abs(dy) > h + 1 or abs(dx) > w + 1:
-        out[:, :] = 0.0  # everything lands outside (and the integer parts below stay small)
-        return
-    iy = int(math.floor(dy))
-    ix = int(math.floor(dx))
-    fy = dy - iy
-    fx = dx - ix
-    for out_y in range(h):
-        for out_x in range(w):
-            total = 0.0
-            for k in range(2):
-                weight_y = fy if k else 1.0 - fy
-                src_y = out_y - iy - k
-                # Zero weights are skipped so integer shifts copy values exactly (NaN included).
-                if weight_y == 0.0 or src_y < 0 or src_y >= h:
-                    continue
-                for m in range(2):
-                    weight_x = fx if m else 1.0 - fx
-                    src_x = out_x - ix - m
-                    if weight_x == 0.0 or src_x < 0 or src_x >= w:
-                        continue
-                    total += weight_y * weight_x * np.float64(frame[src_y, src_x])
-            out[out_y, out_x] = total
-
-
-@numba.njit(nogil=True, cache=True)
-def _centre_frames_core(frames, centres, target_y, target_x, out):
-    for i in range(frames.shape[0]):
-        # A NaN centre gives a NaN shift, which _shift_into treats as "leave unshifted".
-        _shift_into(frames[i], target_y - centres[i, 0], target_x - centres[i, 1], out[i])
-
-
-def shift_frame(frame, shift_yx) -> np.ndarray:
-    """`frame` moved by shift_yx = (dy, dx) pixels, as float32 (h, w).
-
-    Forward bilinear splatting: the total is conserved for content that stays inside the frame;
-    values that would land outside are dropped, and uncovered pixels are 0 (no wrap-around).
-    Integer shifts reproduce np.roll away from the wrapped border. A NaN/inf shift returns the
-    frame unshifted.
-    """
-    frame = _as_frames(frame, 2, "frame")
-    shift = np.asarray(shift_yx, dtype=np.float64)
-    if shift.shape != (2,):
-        raise ValueError(f"shift_yx must be (dy, dx), got shape {shift.shape}")
-    out = np.empty(frame.shape, dtype=np.float32)
-    _shift_into(frame, shift[0], shift[1], out)
-    return out
-
-
-def centre_frames(frames, centres_yx, target_yx=None) -> np.ndarray:
-    """Shift each frame so its centre centres_yx[i] lands on target_yx; float32 (n, h, w).
-
-    target_yx defaults to (h // 2, w // 2), where an FFT-centred pattern has its zero order.
-    Frames whose centre is NaN (no beam found) are returned unshifted. See `shift_frame`.
-    """
-    frames = _as_frames(frames, 3)
-    n, h, w = frames.shape
-    centres = _yx_pairs(centres_yx, n, "centres_yx")
-    target = np.asarray((h // 2, w // 2) if target_yx is None else target_yx, dtype=np.float64)
-    if target.shape != (2,) or not np.all(np.isfinite(target)):
-        raise ValueError(f"target_yx must be two finite numbers (ty, tx), got {target_yx!r}")
-    out = np.empty(frames.shape, dtype=np.float32)
-    _centre_frames_core(frames, centres, target[0], target[1], out)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# 4. hot and dead pixels
-
-
-def _neighbour_stack(image: np.ndarray) -> np.ndarray:
-    """(8, h, w) float64 values of each pixel's 8 neighbours; NaN where off the frame."""
-    h, w = image.shape
-    padded = np.pad(image.astype(np.float64), 1, constant_values=np.nan)
-    return np.stack([padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in NEIGHBOUR_OFFSETS])
-
-
-def pixel_mask_from_statistics(mean_frame, n_mad: float = 10.0, min_neighbour_mean: float = 1.0,
-                               min_scale: float = 0.0) -> np.ndarray:
-    """Bad-pixel mask (True = bad) from a mean frame over many exposures.
-
-    hot:  value - median(8 neighbours) > n_mad * scale, where scale = max(1.4826 * MAD of that
-          residual over the whole frame, min_scale). min_scale guards frames whose residuals are
-          mostly exactly 0 (scale 0 would flag every pixel above its neighbours).
-    dead: value == 0 while the mean of the 8 neighbours exceeds min_neighbour_mean.
-    Off-frame neighbours are left out at edges. Features sharper than the 3x3 neighbourhood
-    (a focused beam's peak) can look hot: build the statistics where the beam is spread out.
-    """
-    image = np.asarray(mean_frame)
-    if image.ndim != 2 or min(image.shape) < 2:
-        raise ValueError(f"mean_frame must be 2-D (h, w) with h, w >= 2, got shape {image.shape}")
-    if image.dtype.kind not in "uif":
-        raise ValueError(f"mean_frame must be numeric, got dtype {image.dtype}")
-    n_mad = _positive_float(n_mad, "n_mad")
-    image = image.astype(np.float64)
-    neighbours = _neighbour_stack(image)
-    residual = image - np.nanmedian(neighbours, axis=0)
-    scale = max(MAD_TO_STD * float(np.median(np.abs(residual - np.median(residual)))), float(min_scale))
-    hot = residual > n_mad * scale
-    dead = (image == 0) & (np.nanmean(neighbours, axis=0) > min_neighbour_mean)
-    return hot | dead
+# 3. hot and dead pixels (from the detector's mask)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -395,7 +236,7 @@ def _apply_mask_core(frames, out, mask, bad_y, bad_x, round_to_integer):
             good = 0
             for yy in range(max(0, y - 1), min(h, y + 2)):
                 for xx in range(max(0, x - 1), min(w, x + 2)):
-                    # Only good pixels are read and only bad ones written, so in place is safe.
+                    # Only good pixels are read: a bad neighbour never feeds another's value.
                     if not mask[yy, xx]:
                         total += np.float64(frames[i, yy, xx])
                         good += 1
@@ -405,45 +246,40 @@ def _apply_mask_core(frames, out, mask, bad_y, bad_x, round_to_integer):
             out[i, y, x] = value
 
 
-class PixelMask:
-    """A bad-pixel mask with its bad pixels listed once, for applying it to many frames."""
-
-    def __init__(self, mask):
-        mask = np.asarray(mask)
-        if mask.ndim != 2 or mask.dtype != np.bool_:
-            raise ValueError(f"mask must be bool and 2-D, got {mask.dtype} {mask.shape}")
-        self.mask = np.ascontiguousarray(mask)
-        bad_y, bad_x = np.nonzero(mask)
-        self.bad_y = bad_y.astype(np.int64)
-        self.bad_x = bad_x.astype(np.int64)
-
-
-def apply_pixel_mask(frames, mask, in_place: bool = False) -> np.ndarray:
+def apply_pixel_mask(frames, mask) -> np.ndarray:
     """Replace each bad pixel (mask True) by the mean of its good 8-neighbours, 0 if none.
 
-    mask: a bool (h, w) array, or a `PixelMask` prepared once for many calls.
-    frames: (h, w) or (n, h, w); the result has the same shape and dtype, integer means
-    rounded half up. With in_place=True `frames` (a C-contiguous array) is modified and returned.
-    """
+    mask: bool (h, w). frames: (h, w) or (n, h, w); returns a new array of the same shape and
+    dtype, integer means rounded half up."""
     array = np.asarray(frames)
     if array.ndim not in (2, 3):
         raise ValueError(f"frames must be 2-D (h, w) or 3-D (n, h, w), got shape {array.shape}")
-    if in_place and not (isinstance(frames, np.ndarray) and frames.flags.c_contiguous and frames.flags.writeable):
-        raise ValueError("in_place=True needs frames to be a writeable C-contiguous numpy array")
     stack = _as_frames(array if array.ndim == 3 else array[np.newaxis], 3)
-    prepared = mask if isinstance(mask, PixelMask) else PixelMask(mask)
-    if prepared.mask.shape != stack.shape[1:]:
-        raise ValueError(f"mask must be bool of the frame shape {stack.shape[1:]}, got {prepared.mask.dtype} "
-                         f"{prepared.mask.shape}")
-    out = stack if in_place else stack.copy()
-    _apply_mask_core(stack, out, prepared.mask, prepared.bad_y, prepared.bad_x, stack.dtype.kind != "f")
-    if in_place:
-        return frames
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_ or mask.shape != stack.shape[1:]:
+        raise ValueError(f"mask must be bool of the frame shape {stack.shape[1:]}, got {mask.dtype} {mask.shape}")
+    bad_y, bad_x = (np.ascontiguousarray(v, np.int64) for v in np.nonzero(mask))
+    out = stack.copy()
+    _apply_mask_core(stack, out, np.ascontiguousarray(mask), bad_y, bad_x, stack.dtype.kind != "f")
     return out if array.ndim == 3 else out[0]
 
 
+def warm_up() -> None:
+    """Compile, or load from numba's cache, every specialisation the receiver calls.
+
+    On a cold cache that takes seconds, holding the GIL: the receiver calls this before it
+    connects, so no series ever waits for the compiler while its frames queue up."""
+    mask = np.zeros((4, 4), bool)
+    mask[1, 1] = True
+    for dtype in FRAME_DTYPES:
+        sums = np.zeros((1, 4, 4), sum_dtype(dtype))
+        accumulate_positions(np.zeros((1, 4, 4), dtype), np.zeros(1, np.int64), sums, np.zeros(1, np.int64))
+        beam_centre(sums[0])
+        apply_pixel_mask(sums[0], mask)
+
+
 # --------------------------------------------------------------------------------------------
-# 5. descan: the beam centre's drift across the scan, fitted by a plane
+# 4. descan: the beam centre's drift across the scan, fitted by a plane
 
 
 def _plane_design(y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -491,14 +327,3 @@ def _robust_plane(design: np.ndarray, values: np.ndarray, n_sigma: float, iterat
         inliers = keep
         coefficients = np.linalg.lstsq(design[inliers], values[inliers], rcond=None)[0]
     return coefficients
-
-
-def descan_plane(coefficients, ny: int, nx: int) -> np.ndarray:
-    """Evaluate `fit_descan_plane` coefficients (2, 3) on an (ny, nx) scan: (ny, nx, 2) of (cy, cx)."""
-    coefficients = np.asarray(coefficients, dtype=np.float64)
-    if coefficients.shape != (2, 3):
-        raise ValueError(f"coefficients must have shape (2, 3), got {coefficients.shape}")
-    ny = _positive_int(ny, "ny")
-    nx = _positive_int(nx, "nx")
-    y, x = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    return np.stack([a0 + ax * x + ay * y for a0, ax, ay in coefficients], axis=-1)

@@ -1,19 +1,27 @@
 """Find particles in an overview image, and score picks against known positions.
 
-An overview is a noisy, strongly defocused low-resolution TEM image: background ≈ 1, proteins
-of 25–60 Å appear as blobs of a few % contrast whose sign the defocus decides, with faint fringes
-of the opposite sign around them. They are found with a difference-of-Gaussians band-pass
-matched to the particle size:
+An overview is a noisy, strongly defocused low-resolution TEM image (1000 Å, 5 mrad aperture):
+background ≈ 1, proteins of 25–60 Å. Two response maps, matched to the particle size:
 
-- The image is first block-averaged so that a particle spans about `_TARGET_DIAMETER_BIN_PX`
-  binned pixels. Averaging is the right thing for the noise (it is what the band-pass would do
-  anyway at this scale) and makes the filters cheap on 3072² overviews.
-- DoG = G(σ₁) − G(σ₂) with σ₁ = s/√1.6 and σ₂ = s·√1.6, s = diameter/(2√2): s is the scale at
-  which a Laplacian of Gaussian responds most to a disc of that diameter (σ = R/√2), and
-  σ₂/σ₁ = 1.6 is Marr & Hildreth's closest DoG to that LoG. It removes pixel noise and slow
-  background (ice gradient, illumination) alike. On the synthetic overviews of the tests the
-  wider band σ₁ = s/1.6, σ₂ = 1.6·s gave slightly lower peak SNR (20.4σ vs 21.9σ) and 1.5× the
-  position error (median 1.8 px vs 1.2 px). Positive response = brighter than surroundings.
+- `method="power"` (the default): local power. A weak phase object under strong defocus has
+  almost no contrast at the particle's own scale — its CTF is ~0 there — and shows as a patch
+  of fine (4–15 Å) fringes of both signs. The image is band-passed at full resolution, squared,
+  block-averaged and smoothed over the particle size; polarity does not apply. On simulated
+  `cpu`-preset scans the DoG below found none of 10 particles at 3σ; see docs/particles.md.
+- `method="dog"`: a difference-of-Gaussians band-pass, for overviews with amplitude contrast
+  (blobs of a few % contrast whose sign the defocus decides, with faint fringes of the
+  opposite sign around them). DoG = G(σ₁) − G(σ₂) with σ₁ = s/√1.6 and σ₂ = s·√1.6,
+  s = diameter/(2√2): s is the scale at which a Laplacian of Gaussian responds most to a disc
+  of that diameter (σ = R/√2), and σ₂/σ₁ = 1.6 is Marr & Hildreth's closest DoG to that LoG.
+  It removes pixel noise and slow background (ice gradient, illumination) alike. On the
+  synthetic overviews of the tests the wider band σ₁ = s/1.6, σ₂ = 1.6·s gave slightly lower
+  peak SNR (20.4σ vs 21.9σ) and 1.5× the position error (median 1.8 px vs 1.2 px). Positive
+  response = brighter than surroundings.
+
+Both work on a block-averaged image (`skimage.measure.block_reduce`) in which a particle spans
+about `_TARGET_DIAMETER_BIN_PX` binned pixels: averaging is what a band-pass at this scale does
+to the noise anyway, and it makes the filters cheap on 3072² overviews. Then, for both:
+
 - The response is standardised by its median and robust spread (1.4826 × MAD): particles cover
   a small part of the field, so they barely move these, and `threshold_sigma` is then a number
   of background sigmas.
@@ -38,14 +46,6 @@ matched to the particle size:
   the border (7 of them, up to 8σ; the strongest inside was 4.4σ); with the default exclusion
   there were none.
 
-The default, `method="power"`, maps local power instead: a weak phase object under strong
-defocus (the overview: 1000 Å, 5 mrad aperture) has almost no contrast at the particle's own
-scale — its CTF is ~0 there — and shows as a patch of fine (4–15 Å) fringes of both signs. The
-image is band-passed at full resolution, squared, binned and smoothed over the particle size;
-peaks of that map above `threshold_sigma` robust sigmas are particles (polarity does not apply).
-On simulated `cpu`-preset scans the DoG found none of 10 particles at 3σ; see docs/particles.md.
-The DoG (`method="dog"`) is for overviews with amplitude contrast (blobs of one sign).
-
 Pick scoring is one-to-one matching with `scipy.optimize.linear_sum_assignment`, only pairs
 within the radius counting, as Topaz's `match_coordinates` does; the cost here (see
 `score_picks`) makes the number of matches the first objective and distance only the tie-break.
@@ -54,45 +54,40 @@ within the radius counting, as Topaz's `match_coordinates` does; the cost here (
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field
 
-from .errors import SimedError
+from simed_stream.config import Settings, cli
+from simed_stream.errors import SimedError
 
 _TARGET_DIAMETER_BIN_PX = 16.0  # a particle spans this many binned pixels: σ₁ ≈ 4.5 px, well sampled
 _POWER_BAND_A = (1.0, 4.0)  # Gaussian σ (Å) of the band-pass whose power the "power" method maps
 _SIGMA_FACTOR = np.sqrt(1.6)  # σ₁ = s/√1.6, σ₂ = s·√1.6: the Marr–Hildreth ratio σ₂/σ₁ = 1.6
 _MAD_TO_SIGMA = 1.4826  # σ of a normal distribution per median absolute deviation
 _SIDELOBE_RADIUS_DIAMETERS = 1.6  # DoG sidelobes of a disc reach ~R + 2σ₂ ≈ 1.4 diameters; some margin
-_POLARITIES = ("dark", "bright", "auto")
 
 
 class LocaliseError(SimedError, ValueError):
     """An overview, pixel size or pick setting that cannot be used."""
 
 
-@dataclass(frozen=True)
-class PickSettings:
-    diameter_A: float = 40.0  # expected particle diameter
-    min_separation_A: float | None = None  # closest two picks may be; None: diameter_A
-    threshold_sigma: float = 5.0  # peaks must exceed the background's robust (MAD) spread of the filtered image by this
-    polarity: str = "auto"  # "dark", "bright" or "auto" (both: the defocus decides the sign)
-    edge_A: float | None = None  # ignore peaks closer than this to the image border; None: diameter_A / 2
-    method: str = "power"  # "power": local power of the 4–15 Å band (phase contrast); "dog": signed blobs
-
-    def validate(self) -> None:
-        if not (np.isfinite(self.diameter_A) and self.diameter_A > 0):
-            raise LocaliseError(f"particle diameter must be a positive number of Å, got {self.diameter_A}")
-        if self.min_separation_A is not None and not (np.isfinite(self.min_separation_A) and self.min_separation_A >= 0):
-            raise LocaliseError(f"minimum pick separation must be ≥ 0 Å, got {self.min_separation_A}")
-        if not (np.isfinite(self.threshold_sigma) and self.threshold_sigma > 0):
-            raise LocaliseError(f"pick threshold must be a positive number of sigmas, got {self.threshold_sigma}")
-        if self.method not in ("power", "dog"):
-            raise LocaliseError(f"pick method must be 'power' or 'dog', got {self.method!r}")
-        if self.polarity not in _POLARITIES:
-            raise LocaliseError(f"polarity must be one of {', '.join(_POLARITIES)}, got {self.polarity!r}")
-        if self.edge_A is not None and not (np.isfinite(self.edge_A) and self.edge_A >= 0):
-            raise LocaliseError(f"edge exclusion must be ≥ 0 Å, got {self.edge_A}")
+class PickSettings(Settings):
+    diameter_A: float = Field(40.0, gt=0, allow_inf_nan=False, description="particle diameter for picking (Å)")
+    threshold_sigma: float = Field(5.0, gt=0, allow_inf_nan=False, description="pick threshold in robust "
+                                   "(MAD) sigmas of the background of the filtered image",
+                                   json_schema_extra=cli("--threshold-sigma", "--threshold"))
+    min_separation_A: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="closest two picks "
+                                              "may be (Å; default: one diameter)")
+    edge_A: Optional[float] = Field(None, ge=0, allow_inf_nan=False, description="ignore peaks closer than this "
+                                    "to the overview's border (Å; default: one radius)")
+    method: Literal["power", "dog"] = Field("power", description="power: local power of the 4–15 Å band (phase "
+                                            "contrast); dog: difference of Gaussians (amplitude contrast)",
+                                            json_schema_extra=cli("--pick-method"))
+    polarity: Literal["dark", "bright", "auto"] = Field("auto", description="dog only: dark or bright blobs, or "
+                                                        "both (the defocus decides the sign)",
+                                                        json_schema_extra=cli("--pick-polarity"))
 
 
 @dataclass
@@ -120,10 +115,12 @@ def _check_overview(overview: np.ndarray, pixel_size_A: float) -> np.ndarray:
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor × factor blocks; the last rows/columns that do not fill a block are dropped."""
+    """Mean over factor × factor blocks (float64); the last rows/columns that do not fill a
+    block are dropped, where block_reduce would pad them with zeros."""
+    from skimage.measure import block_reduce
+
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    blocks = image[:h, :w].reshape(h // factor, factor, w // factor, factor)
-    return blocks.mean(axis=(1, 3), dtype=np.float64)
+    return block_reduce(np.asarray(image[:h, :w], np.float64), (factor, factor), np.mean)
 
 
 def _parabola_offset(minus: float, centre: float, plus: float) -> float:
@@ -146,52 +143,58 @@ def find_particles(overview: np.ndarray, pixel_size_A: float, settings: PickSett
     Returns picks strongest first. Picks lie in the part of the image covered by whole bins
     (the last few rows/columns, fewer than one bin, are not searched). A constant image has no
     noise to measure and gives no picks. Raises LocaliseError (a ValueError) on a non-2-D or
-    non-finite overview, a non-positive pixel size or invalid settings."""
-    from scipy.ndimage import gaussian_filter
-    from skimage.feature import peak_local_max
-
+    non-finite overview or a non-positive pixel size (invalid settings cannot be built:
+    `PickSettings` raises a ConfigError)."""
     image = _check_overview(overview, pixel_size_A)
-    settings.validate()
     diameter_px = settings.diameter_A / pixel_size_A
     if min(image.shape) < diameter_px:
         raise LocaliseError(f"overview of {image.shape[1]}×{image.shape[0]} px is smaller than one particle "
                             f"({diameter_px:.0f} px across at {pixel_size_A} Å/px)")
-
     factor = max(1, int(diameter_px / _TARGET_DIAMETER_BIN_PX))
-    diameter_bin = diameter_px / factor
-    sigma1, sigma2 = band_pass_sigma_px(diameter_bin)
-    if settings.method == "power":
+    z = _standardised_response(image, pixel_size_A, settings.method, factor, diameter_px / factor)
+    if z is None:
+        return Picks(np.zeros((0, 2)), np.zeros(0), np.zeros(0, np.int8))
+    return _peaks(z, image.shape, pixel_size_A, settings, factor, diameter_px / factor)
+
+
+def _standardised_response(image: np.ndarray, pixel_size_A: float, method: str, factor: int,
+                           diameter_bin: float) -> np.ndarray | None:
+    """The binned response map in robust background sigmas; None when it has no spread."""
+    from scipy.ndimage import gaussian_filter
+
+    if method == "power":
         # a weak phase object under strong defocus has almost no contrast below the CTF's first
         # maximum (~7 Å at 1000 Å, 200 kV): its mean is background, its fine-band power is not
         band = gaussian_filter(image, _POWER_BAND_A[0] / pixel_size_A) - gaussian_filter(image, _POWER_BAND_A[1] / pixel_size_A)
         binned = _block_mean(band**2, factor)
         response = gaussian_filter(binned, diameter_bin / (2.0 * np.sqrt(2.0)), mode="reflect")
     else:
+        sigma1, sigma2 = band_pass_sigma_px(diameter_bin)
         binned = _block_mean(image, factor)
         response = gaussian_filter(binned, sigma1, mode="reflect") - gaussian_filter(binned, sigma2, mode="reflect")
-
     centre = np.median(response)
     spread = _MAD_TO_SIGMA * np.median(np.abs(response - centre))
     if not spread > 0:
         spread = float(np.std(response))
-    empty = Picks(np.zeros((0, 2)), np.zeros(0), np.zeros(0, np.int8))
-    if not spread > 0:
-        return empty
-    z = (response - centre) / spread
-    magnitude = np.abs(z)
+    return (response - centre) / spread if spread > 0 else None
 
+
+def _peaks(z: np.ndarray, image_shape: tuple[int, int], pixel_size_A: float, settings: PickSettings, factor: int,
+           diameter_bin: float) -> Picks:
+    """Separated extrema of `z` above the threshold, sidelobes vetoed, refined, away from the border."""
+    from skimage.feature import peak_local_max
+
+    magnitude = np.abs(z)
     separation_A = settings.diameter_A if settings.min_separation_A is None else settings.min_separation_A
     min_distance = max(1, round(separation_A / pixel_size_A / factor))
     peaks = peak_local_max(magnitude, min_distance=min_distance, threshold_abs=settings.threshold_sigma,
                            exclude_border=False)
-
     veto_radius = int(np.ceil(_SIDELOBE_RADIUS_DIAMETERS * diameter_bin))
     offsets = np.arange(-veto_radius, veto_radius + 1)
     disc = np.hypot(offsets[:, None], offsets[None, :]) <= veto_radius
     wanted = (1,) if settings.method == "power" else {"dark": (-1,), "bright": (1,), "auto": (-1, 1)}[settings.polarity]
     edge_px = (settings.diameter_A / 2 if settings.edge_A is None else settings.edge_A) / pixel_size_A
-    height, width = image.shape
-
+    height, width = image_shape
     yx, scores, signs = [], [], []
     for row, col in peaks:
         sign = 1 if z[row, col] > 0 else -1
@@ -212,9 +215,7 @@ def find_particles(overview: np.ndarray, pixel_size_A: float, settings: PickSett
         yx.append((y, x))
         scores.append(magnitude[row, col])
         signs.append(sign)
-    if not yx:
-        return empty
-    return Picks(np.asarray(yx, np.float64), np.asarray(scores, np.float64), np.asarray(signs, np.int8))
+    return Picks(np.asarray(yx, np.float64).reshape(-1, 2), np.asarray(scores, np.float64), np.asarray(signs, np.int8))
 
 
 @dataclass

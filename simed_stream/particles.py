@@ -15,13 +15,15 @@ detector's or the overview's edge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from simed_stream.arrays import crop_around
 from simed_stream.errors import SimedError
 from simed_stream.kernels import apply_pixel_mask
 from simed_stream.phasing.classical import Geometry
+from simed_stream.records import Particle, PositionSum
 
 
 @dataclass(frozen=True)
@@ -72,22 +74,14 @@ class ScanCalibration:
 
 
 def wavelength_A(energy_eV: float) -> float:
-    """Relativistic electron wavelength."""
-    m0c2_eV, hc_eV_A = 510998.95, 12398.419843
-    return hc_eV_A / np.sqrt(energy_eV * (2 * m0c2_eV + energy_eV))
+    """Relativistic electron wavelength λ = hc / √(E (2 m₀c² + E)), CODATA constants.
 
+    abTEM has it too (`abtem.core.energy.energy2wavelength`; the tests compare), but importing
+    abTEM takes 4.5 s here, which every `simed run` and reprocess worker would pay."""
+    from scipy.constants import c, electron_volt, h, m_e
 
-@dataclass
-class Particle:
-    index: int
-    yx_overview_px: tuple[float, float]
-    score: float
-    scan_yx: tuple[int, int] | None = None
-    coverage: float = 0.0
-    beam_centre_yx: tuple[float, float] | None = None
-    flag: str | None = None  # why it is not phased; None = phaseable
-    diffraction: np.ndarray | None = field(default=None, repr=False)
-    image_lr: np.ndarray | None = field(default=None, repr=False)
+    m0c2_eV, hc_eV_A = m_e * c**2 / electron_volt, h * c / electron_volt * 1e10
+    return float(hc_eV_A / np.sqrt(energy_eV * (2 * m0c2_eV + energy_eV)))
 
 
 def pattern_side_px(geometry: Geometry, mrad_per_px: float) -> int:
@@ -104,28 +98,25 @@ def match_to_scan(yx_overview_px: np.ndarray, calibration: ScanCalibration) -> t
 
 
 def cut_pattern(position_sum: np.ndarray, beam_centre_yx, side_px: int, bad_pixels: np.ndarray | None) -> np.ndarray | None:
-    """The centred pattern as a fraction of the electrons per pixel, or None if it leaves the detector."""
+    """The pattern centred on the beam (whole pixels) as a fraction of the electrons per pixel,
+    or None if it leaves the detector or holds no counts."""
     frame = np.asarray(position_sum)
     if frame.dtype == np.float64:  # the kernels take detector dtypes; float32 holds any count sum exactly enough
         frame = frame.astype(np.float32)
     if bad_pixels is not None and bad_pixels.any():
         frame = apply_pixel_mask(frame, bad_pixels)
-    frame = frame.astype(np.float64)
-    cy, cx = (int(round(c)) for c in beam_centre_yx)
-    half = side_px // 2
-    if cy - half < 0 or cx - half < 0 or cy + half >= frame.shape[0] or cx + half >= frame.shape[1]:
+    pattern = crop_around(frame, beam_centre_yx, side_px)
+    if pattern is None:
         return None
-    pattern = frame[cy - half : cy + half + 1, cx - half : cx + half + 1]
+    pattern = pattern.astype(np.float64)
     total = pattern.sum()
     return pattern / total if total > 0 else None
 
 
 def crop_overview(overview: np.ndarray, yx_px, size_px: int) -> np.ndarray | None:
     """The size_px² field centred on the pick (the image centre pixel is size/2), None at the edge."""
-    r0, c0 = (int(round(v)) - size_px // 2 for v in yx_px)
-    if r0 < 0 or c0 < 0 or r0 + size_px > overview.shape[0] or c0 + size_px > overview.shape[1]:
-        return None
-    return np.asarray(overview[r0 : r0 + size_px, c0 : c0 + size_px], np.float64)
+    field = crop_around(overview, yx_px, size_px)
+    return None if field is None else np.asarray(field, np.float64)
 
 
 def match_particles(picks_yx: np.ndarray, scores: np.ndarray, calibration: ScanCalibration) -> list[Particle]:
@@ -142,21 +133,21 @@ def match_particles(picks_yx: np.ndarray, scores: np.ndarray, calibration: ScanC
     return particles
 
 
-def fill_particle(p: Particle, position_data, overview: np.ndarray, calibration: ScanCalibration,
+def fill_particle(p: Particle, position: PositionSum, overview: np.ndarray, calibration: ScanCalibration,
                   geometry: Geometry, bad_pixels: np.ndarray | None, min_coverage: float = 1.0) -> Particle:
-    """Give a matched particle its centred pattern and low-res crop, or a flag saying why not.
-
-    position_data: (summed frame, frames counted, beam centre (y, x), valid) of its scan position."""
-    frame, counted, centre, _valid = position_data
-    p.coverage = counted / calibration.frames_per_position
+    """Give a matched particle its centred pattern and low-res crop from its scan position's
+    sum, or a flag saying why not (the sum is decompressed only when it is used)."""
+    p.coverage = position.frames_counted / calibration.frames_per_position
     if p.coverage < min_coverage:
         p.flag = f"missing frames: coverage {p.coverage:.2f} < {min_coverage:.2f}"
         return p
-    if centre is None or not np.all(np.isfinite(centre)):
+    centre = position.beam_centre_yx
+    if not np.all(np.isfinite(centre)):
         p.flag = "no direct beam found at its scan position"
         return p
     p.beam_centre_yx = (float(centre[0]), float(centre[1]))
-    p.diffraction = cut_pattern(frame, centre, pattern_side_px(geometry, calibration.mrad_per_px), bad_pixels)
+    p.diffraction = cut_pattern(position.summed_frame(), centre, pattern_side_px(geometry, calibration.mrad_per_px),
+                                bad_pixels)
     if p.diffraction is None:
         p.flag = "pattern cut by the detector edge (or no counts)"
         return p
@@ -164,21 +155,6 @@ def fill_particle(p: Particle, position_data, overview: np.ndarray, calibration:
     if p.image_lr is None:
         p.flag = "too close to the overview's edge for a full crop"
     return p
-
-
-def prepare_particles(picks_yx: np.ndarray, scores: np.ndarray, overview: np.ndarray, calibration: ScanCalibration,
-                      geometry: Geometry, positions, bad_pixels: np.ndarray | None,
-                      min_coverage: float = 1.0) -> list[Particle]:
-    """Match picks to scan positions and prepare their inputs (all at once: the offline case).
-
-    `positions(flat_index)` returns (summed frame, frames counted, beam centre (y, x), valid)."""
-    nx = calibration.nav_shape[1]
-    particles = match_particles(picks_yx, scores, calibration)
-    for p in particles:
-        if p.flag is None:
-            fill_particle(p, positions(p.scan_yx[0] * nx + p.scan_yx[1]), overview, calibration, geometry,
-                          bad_pixels, min_coverage)
-    return particles
 
 
 def check_overview(overview: np.ndarray, calibration: ScanCalibration) -> None:

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
+from simed_stream.records import Particle, PhasedParticle
 
-def write_series_report(out_dir: Path, result, overview: np.ndarray, particles: list, phased: list,
-                        truth: dict | None) -> None:
-    """phased: (particle, image, Fourier R) in the order they were phased."""
-    r_of = {p.index: r for p, _, r in phased}
-    good = [p for p, _, _ in phased]
-    phased_images = [image for _, image, _ in phased]
+
+def write_series_report(out_dir: Path, result, overview: np.ndarray, particles: list[Particle],
+                        phased: list[PhasedParticle], truth: dict | None) -> None:
+    """phased: in the order they were phased."""
+    r_of = {p.particle.index: p.fourier_r for p in phased}
+    good = [p.particle for p in phased]
+    phased_images = [p.image for p in phased]
     table = [{"pick": p.index, "y_px": round(p.yx_overview_px[0], 2), "x_px": round(p.yx_overview_px[1], 2),
               "score": round(p.score, 2), "scan_yx": p.scan_yx, "coverage": round(p.coverage, 4),
               "beam_centre_yx": p.beam_centre_yx, "flag": p.flag, "fourier_r": r_of.get(p.index)} for p in particles]

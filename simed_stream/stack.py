@@ -24,6 +24,7 @@ import pandas as pd
 import starfile
 
 from simed_stream.errors import SimedError
+from simed_stream.files import check_writable, replace_atomically
 
 STAR_NAME = "particles.star"
 _STACK = re.compile(r"particles_(\d+)\.mrcs")
@@ -60,14 +61,6 @@ def column_name(key: str) -> str:
     return "simed" + "".join(part[:1].upper() + part[1:] for part in key.split("_") if part)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class StackWriter:
     """Writes batches into `out_dir`; one writer per directory, all calls from one thread."""
 
@@ -75,13 +68,7 @@ class StackWriter:
         self.out_dir = Path(out_dir)
         self.optics = optics
         self.star_path = self.out_dir / STAR_NAME
-        try:  # fail now, at the microscope, rather than after the first batch is processed
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.out_dir / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as error:
-            raise SimedError(f"cannot write the particle stack to {self.out_dir}: {error}") from None
+        check_writable(self.out_dir, "the particle stack to")  # now, at the microscope, not after a batch
         self._particles: pd.DataFrame | None = None
         if self.star_path.exists():
             if not append:
@@ -143,26 +130,22 @@ class StackWriter:
         return names
 
     def _write_mrcs(self, images: np.ndarray, name: str) -> None:
-        temporary = self.out_dir / f".{name}.tmp"
-        with mrcfile.new(temporary, overwrite=True) as mrc:
-            mrc.set_data(images)
-            mrc.set_image_stack()  # ispg 0, mz 1, nz = n: a stack of 2D images, not a volume
-            mrc.voxel_size = self.optics.pixel_size_A
-        report = io.StringIO()
-        if not mrcfile.validate(temporary, print_file=report):
-            temporary.unlink()
-            raise RuntimeError(f"mrcfile wrote an invalid stack {name}: {report.getvalue()}")
-        _fsync(temporary)
-        os.replace(temporary, self.out_dir / name)
+        def write(temporary: Path) -> None:
+            with mrcfile.new(temporary, overwrite=True) as mrc:
+                mrc.set_data(images)
+                mrc.set_image_stack()  # ispg 0, mz 1, nz = n: a stack of 2D images, not a volume
+                mrc.voxel_size = self.optics.pixel_size_A
+            report = io.StringIO()
+            if not mrcfile.validate(temporary, print_file=report):
+                raise RuntimeError(f"mrcfile wrote an invalid stack {name}: {report.getvalue()}")
+
+        replace_atomically(self.out_dir / name, write)
 
     def _write_star(self, particles: pd.DataFrame) -> None:
-        temporary = self.out_dir / f".{STAR_NAME}.tmp"
         # both blocks as loop_ (RELION 3.1+); NaN as 'nan', which RELION's sscanf and pandas both read
-        starfile.write({"optics": self.optics.table(), "particles": particles}, temporary, overwrite=True,
-                       float_format="%.9g", na_rep="nan")
-        _fsync(temporary)
-        os.replace(temporary, self.star_path)
-        _fsync(self.out_dir)  # make both renames durable
+        replace_atomically(self.star_path, lambda temporary: starfile.write(
+            {"optics": self.optics.table(), "particles": particles}, temporary, overwrite=True, float_format="%.9g",
+            na_rep="nan"))
 
     def close(self) -> None:
         """Every batch is complete on disk once written; closing only stops further writes."""

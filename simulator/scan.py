@@ -27,12 +27,15 @@ import json
 import logging
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import h5py
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 
+from simed_stream.arrays import crop_around
+from simed_stream.config import Settings
 from simed_stream.errors import SimedError
 
 log = logging.getLogger(__name__)
@@ -42,32 +45,46 @@ GEOMETRY_ATTRS = ("preset", "box_A", "image_pixel_A", "image_size_px", "waveleng
                   "cutoff_lr_mrad", "max_angle_mrad", "energy_eV", "diffraction_mrad_per_px", "fingerprint")
 
 
-@dataclass(frozen=True)
-class ScanSettings:
-    scan_shape: tuple[int, int] = (12, 12)
-    particles: int = 10
-    frames_per_position: int = 2
-    electrons_per_position: float = 1e11
-    sig_shape: tuple[int, int] = (256, 256)
-    drift_px: tuple[int, int] = (2, 3)  # direct-beam travel across the whole scan (descan)
-    hot_pixels: int = 4
-    jitter_fraction: float = 0.2  # particle offset from its position's centre, in scan steps (±)
-    seed: int = 0
-    batch_frames: int = 32
-    dwell_s: float = 1e-3
+Pair = tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]]
 
-    def validate(self) -> None:
+
+class ScanSettings(Settings):
+    """`simed simulate scan`'s settings: its flags and YAML keys (`--scan-shape 12x12`)."""
+
+    scan_shape: Pair = Field((12, 12), description="scan positions, HxW")
+    particles: int = Field(10, ge=1, description="particles in the patch, never in neighbouring positions")
+    frames_per_position: int = Field(2, ge=1, description="sub-frames per scan position")
+    electrons_per_position: float = Field(1e11, gt=0, allow_inf_nan=False, description="dose per scan position "
+                                          "(1e11: what phasing needs, see docs/simulation.md)")
+    sig_shape: Pair = Field((256, 256), description="detector frame, HxW")
+    drift_px: tuple[int, int] = Field((2, 3), description="direct-beam travel across the whole scan (descan), "
+                                      "YxX pixels")
+    hot_pixels: int = Field(4, ge=0, description="hot pixels, listed in the detector's mask")
+    jitter_fraction: float = Field(0.2, ge=0, lt=0.5, description="particle offset from its position's centre, "
+                                   "in scan steps (±)")
+    seed: int = Field(0, ge=0, description="seed of positions, jitter, noise and hot pixels")
+    batch_frames: int = Field(32, ge=1, description="frames per message")
+    dwell_s: float = Field(1e-3, gt=0, allow_inf_nan=False, description="seconds per scan position")
+
+    @field_validator("scan_shape", "sig_shape", "drift_px", mode="before")
+    @classmethod
+    def _from_text(cls, value):
+        """'12x12' (a flag) as well as [12, 12] (YAML)."""
+        if isinstance(value, str):
+            try:
+                return tuple(int(v) for v in value.lower().split("x"))
+            except ValueError:
+                raise ValueError(f"expected HxW such as 12x12, got {value!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _particles_fit(self) -> "ScanSettings":
         ny, nx = self.scan_shape
-        if ny < 1 or nx < 1:
-            raise SimedError(f"scan shape must be positive, got {ny}x{nx}")
         room = ((ny + 1) // 2) * ((nx + 1) // 2)  # positions with no neighbour in common
-        if not 1 <= self.particles <= room:
-            raise SimedError(f"{self.particles} particles do not fit a {ny}x{nx} scan without neighbours "
+        if self.particles > room:
+            raise ValueError(f"{self.particles} particles do not fit a {ny}x{nx} scan without neighbours "
                              f"(at most {room})")
-        if self.frames_per_position < 1 or self.electrons_per_position <= 0:
-            raise SimedError("frames_per_position and electrons_per_position must be positive")
-        if not 0 <= self.jitter_fraction < 0.5:
-            raise SimedError("jitter_fraction must be in [0, 0.5)")
+        return self
 
 
 def _choose_positions(rng: np.random.Generator, shape: tuple[int, int], count: int) -> np.ndarray:
@@ -99,7 +116,6 @@ class ScanScene:
     """Everything about one synthetic scan: where particles are, what each position records."""
 
     def __init__(self, dataset: str | Path, settings: ScanSettings):
-        settings.validate()
         self.settings = settings
         rng = np.random.default_rng(settings.seed)
         with h5py.File(dataset, "r") as f:
@@ -143,9 +159,8 @@ class ScanScene:
         size = int(self.attrs["image_size_px"])
         intensity = np.ones(shape)
         taper = _taper(size, size // 8)
-        for (r, c), clean in zip(self.yx_overview_px.astype(int), self.image_lr_clean):
-            r0, c0 = r - size // 2, c - size // 2
-            intensity[r0 : r0 + size, c0 : c0 + size] += (clean - np.median(clean)) * taper
+        for centre, clean in zip(self.yx_overview_px.astype(int), self.image_lr_clean):
+            crop_around(intensity, centre, size)[...] += (clean - np.median(clean)) * taper
         electrons_per_px = self.lr_dose_e_per_A2 * self.pixel_A**2
         return (rng.poisson(np.maximum(intensity, 0) * electrons_per_px) / electrons_per_px).astype(np.float32)
 
@@ -162,9 +177,7 @@ class ScanScene:
             frame[h // 2 + dy, w // 2 + dx] = 1.0
         else:
             d = self.diffraction[index]
-            side = d.shape[0]
-            r0, c0 = h // 2 + dy - side // 2, w // 2 + dx - side // 2
-            frame[r0 : r0 + side, c0 : c0 + side] = d / d.sum()
+            crop_around(frame, (h // 2 + dy, w // 2 + dx), d.shape[0])[...] = d / d.sum()
         return frame
 
     def frames(self, y: int, x: int) -> np.ndarray:
@@ -222,7 +235,7 @@ class ScanScene:
     def write_truth(self, f: h5py.File) -> None:
         g = f.create_group("truth")
         g.attrs.update({k: v for k, v in self.attrs.items()})
-        g.attrs["settings_json"] = json.dumps(asdict(self.settings))
+        g.attrs["settings_json"] = json.dumps(self.settings.model_dump(mode="json"))
         g.attrs["lr_dose_e_per_A2"] = self.lr_dose_e_per_A2
         g.create_dataset("yx_overview_px", data=self.yx_overview_px)
         g.create_dataset("scan_yx", data=self.positions.astype(np.int32))

@@ -48,28 +48,6 @@ def beam_centre(frame, radius_px=8.0, box_px=5):
     return cy, cx
 
 
-def shift_frame(frame, shift_yx):
-    """Literal forward splat: every pixel adds its value to the 4 pixels around its new place."""
-    h, w = frame.shape
-    dy, dx = shift_yx
-    y, x = np.mgrid[0:h, 0:w]
-    new_y = y + dy
-    new_x = x + dx
-    y0 = np.floor(new_y).astype(int)
-    x0 = np.floor(new_x).astype(int)
-    fy = new_y - y0
-    fx = new_x - x0
-    values = frame.astype(np.float64)
-    out = np.zeros((h, w))
-    for oy, wy in ((0, 1 - fy), (1, fy)):
-        for ox, wx in ((0, 1 - fx), (1, fx)):
-            ty = y0 + oy
-            tx = x0 + ox
-            inside = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
-            np.add.at(out, (ty[inside], tx[inside]), (wy * wx * values)[inside])
-    return out.astype(np.float32)
-
-
 def apply_pixel_mask(frames, mask):
     """Each bad pixel becomes the mean of its good in-frame 8-neighbours (0 if none)."""
     out = frames.copy()

@@ -1,49 +1,58 @@
-"""Classical phasing fanned out to worker processes over ZeroMQ equals the in-process result."""
+"""The phase-retrieval engine fanned out to worker processes over ZeroMQ equals the in-process engine."""
 
-import h5py
 import numpy as np
+import torch
 
 from simed_stream.fanout import PhasingFanout
-from simed_stream.phasing.classical import Geometry, HIOSettings, phase
+from simed_stream.phasing.engine import PhaseRetrievalEngine
 
-SETTINGS = HIOSettings(hio_iterations=20, er_iterations=5)
-
-
-def test_fanout_matches_in_process(physics_dataset):
-    with h5py.File(physics_dataset, "r") as f:
-        geometry = Geometry.from_attrs(f.attrs)
-        jobs = [(f["diffraction"][i].astype(np.float64), f["image_lr"][i].astype(np.float64), geometry, SETTINGS)
-                for i in range(3)]
-    expected = [phase(d, lr, g, s) for d, lr, g, s in jobs]
-    with PhasingFanout(workers=2) as pool:
-        results = pool.map(None, jobs)
-        again = pool.map(None, jobs[:1])  # the pool serves batch after batch
-    assert len(results) == 3
-    for got, want in zip(results, expected):
-        np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(again[0], expected[0])
+from test_engine import GEOMETRY, SETTINGS, toy_particle
 
 
-def test_fanout_reports_a_bad_job_instead_of_hanging(physics_dataset):
-    with h5py.File(physics_dataset, "r") as f:
-        geometry = Geometry.from_attrs(f.attrs)
-    with PhasingFanout(workers=1, timeout_s=60) as pool:
+def test_fanout_matches_the_engine_in_process():
+    toys = [toy_particle(seed) for seed in range(3)]
+    diffractions, images = np.stack([t[0] for t in toys]), np.stack([t[1] for t in toys])
+    diffractions[2, 0, 0] = np.nan  # a bad particle is flagged there as here
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a worker runs it: one particle, one thread
+    try:
+        engine = PhaseRetrievalEngine(GEOMETRY, SETTINGS, "cpu")
+        expected = [engine(diffractions[i : i + 1], images[i : i + 1]) for i in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    with PhasingFanout(workers=2) as fanout:
+        result = fanout(SETTINGS, GEOMETRY, diffractions, images)
+        again = fanout(SETTINGS, GEOMETRY, diffractions[:1], images[:1])  # batch after batch
+    for i in range(2):
+        np.testing.assert_array_equal(result.sigma_v[i], expected[i].sigma_v[0])
+        np.testing.assert_array_equal(result.spread[i], expected[i].spread[0])
+        assert result.r_free[i] == expected[i].r_free[0] and result.resolution_A[i] == expected[i].resolution_A[0]
+    assert result.flags[:2] == [None, None] and "non-finite" in result.flags[2]
+    np.testing.assert_array_equal(again.sigma_v[0], expected[0].sigma_v[0])
+
+
+def test_fanout_flags_bad_particles_and_reports_a_bad_job_instead_of_hanging():
+    from dataclasses import replace
+
+    with PhasingFanout(workers=1, timeout_s=60) as fanout:
+        flagged = fanout(SETTINGS, GEOMETRY, np.zeros((1, 5, 5)), np.zeros((1, 7, 7)))
+        assert "low-res image is (7, 7)" in flagged.flags[0]
+        impossible = replace(GEOMETRY, box_A=10.0)  # an object grid smaller than the image: the worker fails
+        diffraction, image_lr, _ = toy_particle(0)
         try:
-            pool.map(None, [(np.zeros((5, 5)), np.zeros((7, 7)), geometry, SETTINGS)])
+            fanout(SETTINGS, impossible, diffraction[None], image_lr[None])
         except RuntimeError as error:
             assert "phasing worker failed" in str(error)
         else:
             raise AssertionError("a job the worker cannot phase must raise")
 
 
-def test_fanout_without_workers_times_out_instead_of_hanging(physics_dataset):
-    with h5py.File(physics_dataset, "r") as f:
-        geometry = Geometry.from_attrs(f.attrs)
-        job = (f["diffraction"][0].astype(np.float64), f["image_lr"][0].astype(np.float64), geometry, SETTINGS)
-    with PhasingFanout(workers=0, timeout_s=1.5) as pool:
+def test_fanout_without_workers_times_out_instead_of_hanging():
+    diffraction, image_lr, _ = toy_particle(0)
+    with PhasingFanout(workers=0, timeout_s=1.5) as fanout:
         try:
-            pool.map(None, [job])
+            fanout(SETTINGS, GEOMETRY, diffraction[None], image_lr[None])
         except TimeoutError as error:
             assert "no phasing worker" in str(error)
         else:
-            raise AssertionError("with nobody to take the job, map must time out")
+            raise AssertionError("with nobody to take the job, the fan-out must time out")

@@ -44,9 +44,17 @@ def _scan_batch(seed=1, n=40, n_positions=7, shape=(64, 64)):
     return frames, index, n_positions
 
 
+def summed(frames, index, n_positions):
+    """`accumulate_positions` into fresh zero sums, as the receiver starts a position."""
+    sums = np.zeros((n_positions,) + frames.shape[1:], dtype=kernels.sum_dtype(frames.dtype))
+    counts = np.zeros(n_positions, dtype=np.int64)
+    kernels.accumulate_positions(frames, index, sums, counts)
+    return sums, counts
+
+
 def test_sum_positions_equals_reference_exactly():
     frames, index, n_positions = _scan_batch()
-    sums, counts = kernels.sum_positions(frames, index, n_positions)
+    sums, counts = summed(frames, index, n_positions)
     want_sums, want_counts = ref.sum_positions(frames, index, n_positions)
     assert sums.dtype == np.uint32 and counts.dtype == np.int64
     np.testing.assert_array_equal(sums, want_sums)
@@ -60,14 +68,14 @@ def test_accumulating_two_batches_equals_one_call():
     counts = np.zeros(n_positions, dtype=np.int64)
     kernels.accumulate_positions(frames[:17], index[:17], sums, counts)
     kernels.accumulate_positions(frames[17:], index[17:], sums, counts)
-    one_sums, one_counts = kernels.sum_positions(frames, index, n_positions)
+    one_sums, one_counts = ref.sum_positions(frames, index, n_positions)
     np.testing.assert_array_equal(sums, one_sums)
     np.testing.assert_array_equal(counts, one_counts)
 
 
 def test_saturated_uint16_sum_does_not_overflow():
     frames = np.full((5, 16, 16), 65535, dtype=np.uint16)
-    sums, counts = kernels.sum_positions(frames, np.zeros(5, dtype=np.int64), 1)
+    sums, counts = summed(frames, np.zeros(5, dtype=np.int64), 1)
     assert sums.dtype == np.uint32 and np.all(sums == 5 * 65535) and counts[0] == 5
 
 
@@ -76,7 +84,7 @@ def test_sum_positions_other_dtypes(dtype):
     rng = np.random.default_rng(2)
     frames = rng.poisson(20.0, size=(12, 32, 32)).astype(dtype)
     index = rng.integers(-1, 3, size=12)
-    sums, counts = kernels.sum_positions(frames, index, 3)
+    sums, counts = summed(frames, index, 3)
     want_sums, want_counts = ref.sum_positions(frames, index, 3)
     assert sums.dtype == want_sums.dtype
     # Integer-valued float32 sums below 2**24 are exact, so both dtypes compare exactly.
@@ -89,10 +97,8 @@ def test_sum_positions_other_dtypes(dtype):
 
 def test_beam_centre_equals_reference_on_poisson_noise():
     frames = np.random.default_rng(3).poisson(5.0, size=(4,) + SHAPE).astype(np.uint16)
-    got = kernels.beam_centres(frames)
-    for frame, centre in zip(frames, got):
-        np.testing.assert_allclose(centre, ref.beam_centre(frame), rtol=0, atol=1e-9)
-        np.testing.assert_allclose(kernels.beam_centre(frame), centre, rtol=0, atol=0)
+    for frame in frames:
+        np.testing.assert_allclose(kernels.beam_centre(frame), ref.beam_centre(frame), rtol=0, atol=1e-9)
 
 
 def test_beam_centre_recovers_gaussian_beam(beam):
@@ -120,75 +126,19 @@ def test_beam_at_the_edge_gives_a_finite_centre_near_truth():
     # The window is clipped by the frame edge, so the centre is biased inward (~0.4 px here).
     assert np.all(np.isfinite(centre)) and distance(centre, truth) < 1.0
     np.testing.assert_allclose(centre, ref.beam_centre(frame), rtol=0, atol=1e-9)
-    moved = kernels.centre_frames(frame[None], np.array([centre]))
-    assert np.all(np.isfinite(moved))
 
 
-def test_all_zero_frame_gives_nan_centre_and_stays_unchanged():
-    zero = np.zeros(SHAPE, dtype=np.uint16)
-    assert np.all(np.isnan(kernels.beam_centre(zero)))
-    centres = kernels.beam_centres(zero[None])
-    assert np.all(np.isnan(centres))
-    np.testing.assert_array_equal(kernels.shift_frame(zero, (1.5, -2.25)), 0)
-    out = kernels.centre_frames(zero[None], centres)
-    assert not np.any(np.isnan(out)) and np.all(out == 0)
+def test_all_zero_frame_gives_nan_centre():
+    assert np.all(np.isnan(kernels.beam_centre(np.zeros(SHAPE, dtype=np.uint16))))
 
 
-def test_nan_centre_returns_the_frame_unshifted(beam):
-    out = kernels.centre_frames(beam[None], np.full((1, 2), np.nan))
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out[0], beam.astype(np.float32))
-
-
-def test_saturated_frame_gives_finite_results():
+def test_saturated_frame_gives_the_centre_of_its_first_box():
+    """A flat frame: every box ties, the first (clipped by the corner) wins, and the clipped
+    disc's centre of mass moves inward step by step, exactly as the reference computes it."""
     frame = np.full(SHAPE, 65535, dtype=np.uint16)
     centre = kernels.beam_centre(frame)
     assert np.all(np.isfinite(centre))
-    out = kernels.centre_frames(frame[None], np.array([centre]))
-    assert np.all(np.isfinite(out)) and out.max() <= 65535 * (1 + 1e-6)
-
-
-# -- shifts -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shift_yx", [(0.37, -0.81), (-3.5, 2.25), (10.9, 0.0)])
-def test_shift_frame_equals_reference_splat(beam, shift_yx):
-    np.testing.assert_allclose(kernels.shift_frame(beam, shift_yx), ref.shift_frame(beam, shift_yx), rtol=1e-6, atol=1e-3)
-
-
-def test_shift_conserves_the_total_for_content_inside(beam):
-    frame = np.zeros(SHAPE, dtype=np.float32)
-    frame[40:220, 40:220] = beam[40:220, 40:220]  # at least 30 px of zeros around, shifts are smaller
-    total = frame.astype(np.float64).sum()
-    for shift_yx in [(0.37, -0.81), (-12.6, 25.1), (29.99, -29.99)]:
-        shifted = kernels.shift_frame(frame, shift_yx)
-        assert shifted.astype(np.float64).sum() == pytest.approx(total, rel=1e-6)
-
-
-def test_integer_shift_equals_roll(beam):
-    shifted = kernels.shift_frame(beam, (3.0, -5.0))
-    rolled = np.roll(beam, (3, -5), axis=(0, 1)).astype(np.float32)
-    np.testing.assert_array_equal(shifted[3:, :-5], rolled[3:, :-5])  # away from the wrapped border
-    assert np.all(shifted[:3] == 0) and np.all(shifted[:, -5:] == 0)  # nothing wraps around
-
-
-def test_subpixel_shift_moves_the_measured_centre(beam):
-    shift_yx = (0.37, -0.81)
-    before = np.array(kernels.beam_centre(beam))
-    after = np.array(kernels.beam_centre(kernels.shift_frame(beam, shift_yx)))
-    np.testing.assert_allclose(after - before, shift_yx, rtol=0, atol=0.02)
-
-
-def test_centre_frames_puts_beams_at_the_fft_centre():
-    truths = [(100.3, 140.7), (150.8, 90.1), (128.0, 128.0)]
-    frames = np.stack([gaussian_beam(t, seed=i) for i, t in enumerate(truths)])
-    centred = kernels.centre_frames(frames, kernels.beam_centres(frames))
-    assert centred.shape == frames.shape and centred.dtype == np.float32
-    for frame in centred:
-        assert distance(kernels.beam_centre(frame), (128, 128)) < 0.05
-    target = (60.5, 70.25)
-    moved = kernels.centre_frames(frames[:1], np.array([truths[0]]), target_yx=target)
-    assert distance(kernels.beam_centre(moved[0]), target) < 0.05
+    np.testing.assert_allclose(centre, ref.beam_centre(frame), rtol=0, atol=1e-9)
 
 
 # -- bad pixels -------------------------------------------------------------------------------
@@ -210,15 +160,16 @@ def mean_frame():
     return mean
 
 
-def test_pixel_mask_finds_exactly_the_injected_pixels(mean_frame):
-    mask = kernels.pixel_mask_from_statistics(mean_frame)
-    assert mask.dtype == np.bool_ and mask.shape == mean_frame.shape
-    assert set(zip(*map(np.ndarray.tolist, np.nonzero(mask)))) == set(HOT) | set(DEAD)
+def injected_mask(shape=(128, 128)):
+    mask = np.zeros(shape, bool)
+    for y, x in HOT + DEAD:
+        mask[y, x] = True
+    return mask
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
 def test_apply_pixel_mask_equals_reference(mean_frame, dtype):
-    mask = kernels.pixel_mask_from_statistics(mean_frame)
+    mask = injected_mask()
     mask[126:128, 126:128] = True  # a corner cluster: neighbours that are bad themselves
     mask[0:3, 0:3] = True  # the corner pixel (0, 0) has no good neighbour: 0
     frames = np.random.default_rng(6).poisson(mean_frame, size=(3,) + mean_frame.shape).astype(dtype)
@@ -228,12 +179,7 @@ def test_apply_pixel_mask_equals_reference(mean_frame, dtype):
     assert np.all(fixed[:, 0, 0] == 0)
     np.testing.assert_array_equal(fixed[:, ~mask], frames[:, ~mask])
     np.testing.assert_array_equal(kernels.apply_pixel_mask(frames[1], mask), fixed[1])
-    in_place = frames.copy()
-    assert kernels.apply_pixel_mask(in_place, mask, in_place=True) is in_place
-    np.testing.assert_array_equal(in_place, fixed)
-    single = frames[2].copy()
-    assert kernels.apply_pixel_mask(single, mask, in_place=True) is single
-    np.testing.assert_array_equal(single, fixed[2])
+    assert not np.array_equal(fixed, frames)  # the injected pixels did change
 
 
 # -- descan -----------------------------------------------------------------------------------
@@ -241,21 +187,21 @@ def test_apply_pixel_mask_equals_reference(mean_frame, dtype):
 TRUE_PLANE = np.array([[120.0, 0.05, -0.03], [131.0, -0.02, 0.04]])  # (a0, a_x, a_y) for cy, cx
 
 
+def plane_values(coefficients, ny, nx):
+    """c = a0 + a_x * x + a_y * y on an (ny, nx) scan: (ny, nx, 2) of (cy, cx)."""
+    y, x = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    return np.stack([a0 + ax * x + ay * y for a0, ax, ay in coefficients], axis=-1)
+
+
 def _descan_scan(seed=7, ny=24, nx=30):
     rng = np.random.default_rng(seed)
-    centres = kernels.descan_plane(TRUE_PLANE, ny, nx) + rng.normal(0, 0.05, size=(ny, nx, 2))
+    centres = plane_values(TRUE_PLANE, ny, nx) + rng.normal(0, 0.05, size=(ny, nx, 2))
     outliers = rng.random((ny, nx)) < 0.10
     centres[outliers] += rng.uniform(5, 20, size=(outliers.sum(), 2)) * rng.choice([-1, 1], size=(outliers.sum(), 2))
     valid = np.ones((ny, nx), dtype=bool)
     valid[0, :5] = False
     centres[0, :5] = np.nan  # invalid positions may hold anything
     return centres, valid
-
-
-def test_descan_plane_evaluates_the_coefficients():
-    plane = kernels.descan_plane(TRUE_PLANE, 3, 4)
-    assert plane.shape == (3, 4, 2)
-    np.testing.assert_allclose(plane[2, 3], [120 + 0.05 * 3 - 0.03 * 2, 131 - 0.02 * 3 + 0.04 * 2])
 
 
 def test_descan_fit_recovers_the_plane_despite_outliers():
@@ -289,13 +235,12 @@ FRAMES = np.zeros((4, 8, 8), dtype=np.uint16)
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda: kernels.sum_positions(FRAMES[0], [0], 2), r"frames must be 3-D"),
-        (lambda: kernels.sum_positions(FRAMES, [0, 1, 0], 2), r"position_index must have shape \(4,\)"),
-        (lambda: kernels.sum_positions(FRAMES, [0, 1, 2, 0], 2), r"\[-1, 1\], got \[2\]"),
-        (lambda: kernels.sum_positions(FRAMES, [0, -2, 1, 0], 2), r"\[-1, 1\], got \[-2\]"),
-        (lambda: kernels.sum_positions(FRAMES, [0.0, 1.0, 0.0, 1.0], 2), r"must hold integers"),
-        (lambda: kernels.sum_positions(FRAMES.astype(np.int16), [0] * 4, 2), r"dtype int16; supported"),
-        (lambda: kernels.sum_positions(FRAMES, [0] * 4, 0), r"n_positions must be an integer >= 1"),
+        (lambda: summed(FRAMES[0], [0], 2), r"frames must be 3-D"),
+        (lambda: summed(FRAMES, [0, 1, 0], 2), r"position_index must have shape \(4,\)"),
+        (lambda: summed(FRAMES, [0, 1, 2, 0], 2), r"\[-1, 1\], got \[2\]"),
+        (lambda: summed(FRAMES, [0, -2, 1, 0], 2), r"\[-1, 1\], got \[-2\]"),
+        (lambda: summed(FRAMES, [0.0, 1.0, 0.0, 1.0], 2), r"must hold integers"),
+        (lambda: kernels.sum_dtype(np.int16), r"dtype int16; supported"),
         (lambda: kernels.accumulate_positions(FRAMES, [0] * 4, np.zeros((2, 8, 8), np.uint16), np.zeros(2, np.int64)),
          r"sums must have dtype uint32"),
         (lambda: kernels.accumulate_positions(FRAMES, [0] * 4, np.zeros((2, 8, 9), np.uint32), np.zeros(2, np.int64)),
@@ -305,17 +250,11 @@ FRAMES = np.zeros((4, 8, 8), dtype=np.uint16)
         (lambda: kernels.beam_centre(FRAMES), r"frame must be 2-D"),
         (lambda: kernels.beam_centre(FRAMES[0], radius_px=0), r"radius_px must be a finite number > 0"),
         (lambda: kernels.beam_centre(FRAMES[0], box_px=2.5), r"box_px must be an integer >= 1"),
-        (lambda: kernels.beam_centres(FRAMES[0]), r"frames must be 3-D"),
-        (lambda: kernels.shift_frame(FRAMES[0], (1.0,)), r"shift_yx must be \(dy, dx\)"),
-        (lambda: kernels.centre_frames(FRAMES, np.zeros((3, 2))), r"centres_yx must have shape \(4, 2\)"),
-        (lambda: kernels.centre_frames(FRAMES, np.zeros((4, 2)), (np.nan, 1)), r"target_yx must be two finite"),
         (lambda: kernels.apply_pixel_mask(FRAMES, np.zeros((8, 9), bool)), r"mask must be bool of the frame shape"),
         (lambda: kernels.apply_pixel_mask(FRAMES, np.zeros((8, 8), int)), r"mask must be bool"),
         (lambda: kernels.apply_pixel_mask(FRAMES[0, 0], np.zeros(8, bool)), r"frames must be 2-D \(h, w\) or 3-D"),
-        (lambda: kernels.pixel_mask_from_statistics(FRAMES), r"mean_frame must be 2-D"),
         (lambda: kernels.fit_descan_plane(np.zeros((3, 3)), np.ones((3, 3), bool)), r"centres_yx must have shape"),
         (lambda: kernels.fit_descan_plane(np.zeros((3, 3, 2)), np.ones((3, 4), bool)), r"valid must be bool of shape"),
-        (lambda: kernels.descan_plane(np.zeros((2, 2)), 3, 3), r"coefficients must have shape \(2, 3\)"),
     ],
 )
 def test_bad_inputs_raise_value_error(call, message):
@@ -332,9 +271,26 @@ def test_out_of_range_index_is_rejected_before_any_work():
 
 
 def test_kernels_called_from_threads_agree_with_serial_calls():
-    frames = np.stack([gaussian_beam(BEAM_YX, seed=i) for i in range(4)])
-    serial = kernels.beam_centres(frames)
+    frames = [gaussian_beam(BEAM_YX, seed=i) for i in range(4)]
+    serial = [kernels.beam_centre(frame) for frame in frames]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        threaded = list(pool.map(lambda _: kernels.beam_centres(frames), range(4)))
-    for centres in threaded:
-        np.testing.assert_array_equal(centres, serial)
+        threaded = list(pool.map(kernels.beam_centre, frames * 2))
+    assert threaded == serial * 2
+
+
+def test_warm_up_compiles_every_specialisation_the_receiver_calls():
+    """After warm_up nothing the receiver calls compiles again (a cold start compiled for
+    seconds while a series' frames queued up): every dtype, at a real frame size."""
+    kernels.warm_up()
+    cores = (kernels._accumulate_core, kernels._beam_centre_core, kernels._apply_mask_core)
+    before = [len(core.signatures) for core in cores]
+    mask = np.zeros((64, 64), bool)
+    mask[3, 4] = True
+    for dtype in kernels.FRAME_DTYPES:
+        frames = np.ones((3, 64, 64), dtype)
+        sums = np.zeros((2, 64, 64), kernels.sum_dtype(dtype))
+        counts = np.zeros(2, np.int64)
+        kernels.accumulate_positions(frames, np.array([0, 1, 0]), sums, counts)
+        kernels.beam_centre(sums[0][10:30, 5:40])  # a window of a sum, as the receiver searches
+        kernels.apply_pixel_mask(sums[1], mask)
+    assert [len(core.signatures) for core in cores] == before

@@ -18,9 +18,12 @@ import pytest
 import starfile
 
 from simed_stream.capture import RECEIVED, CaptureReader
+from simed_stream.chain import NO_OVERVIEW, SeriesResult
 from simed_stream.cli import main
-from simed_stream.live import LivePipeline, LiveSettings, replay_capture
-from simed_stream.pipeline import NO_OVERVIEW, ChainSettings
+from simed_stream.cli.replay import replay_capture
+from simed_stream.live.pipeline import LivePipeline
+from simed_stream.live.settings import LiveSettings
+from simed_stream.live.status import status_line
 from simulator.detector import FakeDetector, FaultPlan, capture_series
 
 from conftest import run_with_deadline
@@ -38,11 +41,11 @@ def scan_frames(scan) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def phaser(tiny_model):
+def phaser(tiny_phaser):
     """One phaser for the tests that build a LivePipeline themselves (loading is the slow part)."""
-    from simed_stream.phasing.inference import ParticlePhaser
+    from simed_stream.phasing.inference import Phaser
 
-    return ParticlePhaser(tiny_model, "cpu")
+    return Phaser(tiny_phaser, "cpu")
 
 
 class Detector(threading.Thread):
@@ -64,15 +67,15 @@ class Detector(threading.Thread):
 
 
 def live_settings(tmp_path, **overrides) -> LiveSettings:
-    values = {"out_dir": tmp_path / "out", "model": Path("unused"), "data_endpoint": f"ipc://{tmp_path}/data.sock",
-              "device": "cpu", "chain": ChainSettings(batch_size=2), "batch_latency_s": 0.2,
+    values = {"out": tmp_path / "out", "model": Path("unused"), "data_endpoint": f"ipc://{tmp_path}/data.sock",
+              "device": "cpu", "batch_size": 2, "batch_latency_s": 0.2,
               "overview_timeout_s": 1.0, "series_timeout_s": 3.0, "status_interval_s": 0.2}
     return LiveSettings(**(values | overrides))
 
 
 def run_live(tmp_path, phaser, sources, faults="", max_series=1, rate_fps="max", **overrides):
-    settings = live_settings(tmp_path, **overrides)
-    pipeline = LivePipeline(settings, phaser=phaser, max_series=max_series)
+    settings = live_settings(tmp_path, max_series=max_series, **overrides)
+    pipeline = LivePipeline(settings, phaser=phaser)
     detector = Detector(settings.data_endpoint, sources, faults, rate_fps)
     detector.start()
     results = run_with_deadline(pipeline, 60)
@@ -104,9 +107,12 @@ def star_rows(series_dir: Path) -> int:
 
 # ------------------------------------------------------------------ tests
 
-def test_replay_capture_end_to_end(scan, scan_frames, tiny_model, tmp_path):
+def test_replay_capture_end_to_end(scan, scan_frames, tiny_phaser, tmp_path):
     out = tmp_path / "out"
-    pipeline = replay_capture(scan, out, ChainSettings(batch_size=2), tiny_model, "cpu", "max")
+    settings = LiveSettings(out=out, model=tiny_phaser, device="cpu", batch_size=2, overview_timeout_s=5.0)
+    started = time.perf_counter()
+    pipeline = replay_capture(scan, settings, "max")
+    wall_s = time.perf_counter() - started
     assert len(pipeline.results) == 1 and pipeline.errors == []
     result = pipeline.results[0]
     assert result.status == "phased", result
@@ -121,7 +127,10 @@ def test_replay_capture_end_to_end(scan, scan_frames, tiny_model, tmp_path):
     assert 2 <= len(stacks) <= result.phased  # batches of at most 2 (one goes early after batch_latency_s)
     saved = json.loads((result.out_dir / "result.json").read_text())
     assert saved["status"] == "phased" and saved["phased"] == result.phased
-    assert saved["seconds"]["overview_to_last_particle"] > 0
+    # from the overview's arrival to the last particle in the stack: all the phasing happened
+    # inside that interval, and the interval inside the run
+    latency, seconds = saved["seconds"]["overview_to_last_particle"], saved["seconds"]
+    assert seconds["engine"] + seconds["network"] < latency < wall_s
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "stopped"
     assert status["ingest"]["frames_received"] == FRAMES
@@ -139,9 +148,9 @@ def write_yaml(path: Path, **values) -> Path:
     return path
 
 
-def test_simed_run_with_a_config_file(scan, scan_frames, tiny_model, tmp_path, capsys):
+def test_simed_run_with_a_config_file(scan, scan_frames, tiny_phaser, tmp_path, capsys):
     endpoint = f"ipc://{tmp_path}/data.sock"
-    config = write_yaml(tmp_path / "live.yaml", out=tmp_path / "out", data_endpoint=endpoint, model=tiny_model,
+    config = write_yaml(tmp_path / "live.yaml", out=tmp_path / "out", data_endpoint=endpoint, model=tiny_phaser,
                         device="cpu", max_series=1, batch_size=2, overview_timeout_s=2)
     detector = Detector(endpoint, [capture_series(scan)])
     detector.start()
@@ -157,17 +166,17 @@ def test_simed_run_with_a_config_file(scan, scan_frames, tiny_model, tmp_path, c
     assert json.loads((tmp_path / "out" / "status.json").read_text())["state"] == "stopped"
 
 
-def test_simed_run_names_an_unknown_config_key(tiny_model, tmp_path, capsys):
-    config = write_yaml(tmp_path / "live.yaml", out=tmp_path / "out", model=tiny_model, batch_sise=2)
+def test_simed_run_names_an_unknown_config_key(tiny_phaser, tmp_path, capsys):
+    config = write_yaml(tmp_path / "live.yaml", out=tmp_path / "out", model=tiny_phaser, batch_sise=2)
     assert main(["run", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "batch_sise" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing started
 
 
-def test_missing_overview_keeps_the_capture_and_says_not_phased(scan, scan_frames, tiny_model, tmp_path, capsys):
+def test_missing_overview_keeps_the_capture_and_says_not_phased(scan, scan_frames, tiny_phaser, tmp_path, capsys):
     endpoint = f"ipc://{tmp_path}/data.sock"
-    config = write_yaml(tmp_path / "live.yaml", out=tmp_path / "out", data_endpoint=endpoint, model=tiny_model,
+    config = write_yaml(tmp_path / "live.yaml", out=tmp_path / "out", data_endpoint=endpoint, model=tiny_phaser,
                         device="cpu", max_series=1, batch_size=2, overview_timeout_s=0.5)
     detector = Detector(endpoint, [capture_series(scan)], faults="no_overview")
     detector.start()
@@ -303,12 +312,15 @@ STATUS_KEYS = {"ingest": ["frames_per_s", "frames_received", "frames_rejected", 
 
 
 def test_status_while_running_and_after(scan, phaser, tmp_path):
-    from simed_stream.live import status_line
-
+    with h5py.File(scan, "r") as f:  # the first frames message of the capture, replayed as recorded
+        first_message = next(len(ids) for ids in f["messages/frame_ids"][:] if len(ids))
+    assert first_message < FRAMES
     statuses = []
-    settings = live_settings(tmp_path)
-    pipeline = LivePipeline(settings, phaser=phaser, max_series=1, on_status=statuses.append)
-    detector = Detector(settings.data_endpoint, [capture_series(scan)], rate_fps=200)  # ~0.25 s of frames
+    settings = live_settings(tmp_path, max_series=1)
+    pipeline = LivePipeline(settings, phaser=phaser, on_status=statuses.append)
+    # 20 frames/s: the first message at once, the next one first_message / 20 s (1.6 s) later;
+    # statuses come every 0.2 s, so several see the series open with only the first message in
+    detector = Detector(settings.data_endpoint, [capture_series(scan)], rate_fps=20)
     detector.start()
     [result] = run_with_deadline(pipeline, 60)
     detector.join(timeout=20)
@@ -319,9 +331,15 @@ def test_status_while_running_and_after(scan, phaser, tmp_path):
             assert not missing, f"{section} lacks {missing}"
             assert all(isinstance(status[section][k], (int, float)) for k in keys)
         assert {"time_unix_s", "uptime_s", "open_series", "series", "errors", "state"} <= set(status)
-        json.dumps(status)  # what status.json holds
-        status_line(status)
+        assert json.loads(json.dumps(status)) == status  # status.json holds it whole
+        line = status_line(status)
+        ingest, counts = status["ingest"], status["pipeline"]
+        for shown in (f"received {ingest['frames_received']} ", f"rejected {ingest['frames_rejected']} ",
+                      f"series open {counts['series_open']} done {counts['series_done']} ",
+                      f"phased {counts['particles_phased']} "):
+            assert shown in line, (shown, line)
     final = statuses[-1]
+    assert json.loads((tmp_path / "out" / "status.json").read_text()) == final
     assert final["ingest"]["frames_received"] == FRAMES
     assert final["ingest"]["frames_dropped_at_source"] == final["ingest"]["frames_missing"] == 0
     assert final["pipeline"]["particles_found"] == result.picks
@@ -330,8 +348,11 @@ def test_status_while_running_and_after(scan, phaser, tmp_path):
     assert final["pipeline"]["series_open"] == 0 and final["pipeline"]["cached_bytes"] == 0
     assert final["series"] == [{"series_id": "scan", "status": "phased", "picks": result.picks,
                                 "phased": result.phased, "flagged": sum(result.flagged.values())}]
-    # frames counted at some point while the series was open
-    assert any(s["open_series"] for s in statuses[:-1]) or statuses[0]["ingest"]["frames_received"] > 0
+    # while the series was open, its accounting showed the first message's frames, and only those
+    partial = [s for s in statuses[:-1] if s["open_series"].get("scan", {}).get("received") == first_message]
+    assert partial, [s["open_series"] for s in statuses]
+    assert all(s["ingest"]["frames_received"] == first_message and s["pipeline"]["series_open"] == 1
+               for s in partial)
 
 
 def test_unwritable_status_file_does_not_stop_the_pipeline(scan, phaser, tmp_path, caplog):
@@ -380,20 +401,16 @@ def test_a_failing_result_write_does_not_hang_the_run(scan, scan_b, phaser, tmp_
     """Disk full when the first series' result.json is written: that series fails, the run goes on."""
     import errno
 
-    import simed_stream.live
-    import simed_stream.pipeline
-
-    original = simed_stream.pipeline.write_result
+    original = SeriesResult.write
     failures = []
 
-    def write_result(out_dir, result):
-        if Path(out_dir).name == "scan":
-            failures.append(out_dir)
-            raise OSError(errno.ENOSPC, "No space left on device", str(out_dir))
-        return original(out_dir, result)
+    def write(result):
+        if result.out_dir.name == "scan":
+            failures.append(result.out_dir)
+            raise OSError(errno.ENOSPC, "No space left on device", str(result.out_dir))
+        return original(result)
 
-    monkeypatch.setattr(simed_stream.pipeline, "write_result", write_result)
-    monkeypatch.setattr(simed_stream.live, "write_result", write_result)
+    monkeypatch.setattr(SeriesResult, "write", write)
     _pipeline, results, _ = run_live(tmp_path, phaser, [capture_series(scan), capture_series(scan_b)],
                                     max_series=2)
     assert failures

@@ -20,9 +20,10 @@ import starfile
 import zmq
 
 from simed_stream.capture import RECEIVED, CaptureReader
-from simed_stream.live import LivePipeline, LiveSettings
+from simed_stream.chain import SeriesChain
+from simed_stream.live.pipeline import LivePipeline
+from simed_stream.live.settings import LiveSettings
 from simed_stream.particles import crop_overview, cut_pattern
-from simed_stream.pipeline import ChainSettings, SeriesChain
 from simed_stream.protocol import (
     encode_frames,
     encode_overview,
@@ -41,10 +42,10 @@ FRAMES_PER_MESSAGE = 5  # odd: A's first half ends in the middle of a scan posit
 # ------------------------------------------------------------------ fixtures (as in test_live.py)
 
 @pytest.fixture(scope="module")
-def phaser(tiny_model):
-    from simed_stream.phasing.inference import ParticlePhaser
+def phaser(tiny_phaser):
+    from simed_stream.phasing.inference import Phaser
 
-    return ParticlePhaser(tiny_model, "cpu")
+    return Phaser(tiny_phaser, "cpu")
 
 
 # ------------------------------------------------------------------ the interleaved stream
@@ -149,10 +150,10 @@ def test_a_second_series_starting_before_the_first_ends(scan, scan_b, phaser, tm
     monkeypatch.setattr(SeriesChain, "phase", recording_phase)
 
     endpoint = f"ipc://{tmp_path}/data.sock"
-    settings = LiveSettings(out_dir=tmp_path / "out", model=Path("unused"), data_endpoint=endpoint, device="cpu",
-                            chain=ChainSettings(batch_size=2), batch_latency_s=0.2, overview_timeout_s=3.0,
-                            series_timeout_s=15.0, status_interval_s=0.2)
-    pipeline = LivePipeline(settings, phaser=phaser, max_series=2)
+    settings = LiveSettings(out=tmp_path / "out", model=Path("unused"), data_endpoint=endpoint, device="cpu",
+                            batch_size=2, batch_latency_s=0.2, overview_timeout_s=3.0, series_timeout_s=15.0,
+                            status_interval_s=0.2, max_series=2)
+    pipeline = LivePipeline(settings, phaser=phaser)
     detector = RawDetector(endpoint, messages)
     detector.start()
     results = run_with_deadline(pipeline, 60)

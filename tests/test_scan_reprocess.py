@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import time
 
 import h5py
 import hdf5plugin  # noqa: F401  (decodes the capture's Blosc-compressed frames and sums)
@@ -22,12 +23,14 @@ import torch
 
 from simed_stream.cli import main
 from simed_stream.errors import SimedError
-from simed_stream.particles import (ScanCalibration, match_to_scan, pattern_side_px, prepare_particles,
+from simed_stream.codec import compress_frame
+from simed_stream.particles import (ScanCalibration, fill_particle, match_particles, match_to_scan, pattern_side_px,
                                     wavelength_A)
+from simed_stream.records import PositionSum
 from simed_stream.phasing.classical import Geometry
 from simulator.scan import ScanSettings
 
-from conftest import write_tiny_model
+from conftest import write_tiny_phaser
 
 SCAN = ScanSettings(scan_shape=(5, 5), particles=4, frames_per_position=2, seed=1)
 # the cpu preset, by hand: 140 Å box, 128 px of 0.546875 Å, 200 kV, 20 mrad
@@ -46,12 +49,13 @@ def scan_capture(scan):
 
 
 @pytest.fixture(scope="module")
-def reprocessed(tmp_path_factory, scan_capture, tiny_model):
-    """`simed reprocess` of the scan: (exit code, output folder, capture sha256 before)."""
+def reprocessed(tmp_path_factory, scan_capture, tiny_phaser):
+    """`simed reprocess` of the scan: (exit code, output folder, capture sha256 before, seconds it took)."""
     before = sha256(scan_capture)
     out = tmp_path_factory.mktemp("reprocess") / "out"
-    code = main(["reprocess", str(scan_capture), "--out", str(out), "--model", str(tiny_model)])
-    return code, out / scan_capture.stem, before
+    started = time.perf_counter()
+    code = main(["reprocess", str(scan_capture), "--out", str(out), "--model", str(tiny_phaser)])
+    return code, out / scan_capture.stem, before, time.perf_counter() - started
 
 
 def _masked_by_hand(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -251,15 +255,17 @@ def test_calibration_needs_the_optics():
                                      {"pixel_size_A": 1.0, "affine_scan_to_overview": [[1, 0, 0], [0, 1, 0]]})
 
 
-def test_wavelength_at_200_kV(physics_dataset):
-    assert wavelength_A(200e3) == pytest.approx(0.02508, abs=1e-5)
-    with h5py.File(physics_dataset, "r") as f:  # abTEM's own number for the dataset
-        assert wavelength_A(float(f.attrs["energy_eV"])) == pytest.approx(float(f.attrs["wavelength_A"]), rel=1e-6)
+def test_wavelength_is_abtems():
+    from abtem.core.energy import energy2wavelength
+
+    for energy_eV in (80e3, 200e3, 300e3):
+        assert wavelength_A(energy_eV) == pytest.approx(energy2wavelength(energy_eV), rel=1e-7)
+    assert wavelength_A(200e3) == pytest.approx(0.025079, abs=1e-6)
 
 
 # ---------------------------------------------------------------- preparing particles
 
-def test_prepare_particles_flags_each_problem_and_cuts_the_good_one():
+def test_preparing_particles_flags_each_problem_and_cuts_the_good_one():
     geometry = CPU_GEOMETRY
     mrad_per_px = 1e3 * geometry.wavelength_A / geometry.box_A
     side = 2 * math.ceil(geometry.max_angle_mrad / mrad_per_px) + 1
@@ -287,17 +293,26 @@ def test_prepare_particles_flags_each_problem_and_cuts_the_good_one():
     bad = np.zeros((256, 256), bool)
     bad[131, 140] = True
     frame[131, 140] = 2**20
-    table = {1 * 5 + 1: (frame, 1, (130.0, 129.0), False), 1 * 5 + 3: (frame, 2, (np.nan, np.nan), False),
-             0 * 5 + 2: (frame, 2, (130.0, 129.0), True), 3 * 5 + 2: (frame, 2, (130.3, 128.6), True),
-             4 * 5 + 4: (frame, 2, (10.0, 128.0), True)}
-    asked = []
+    chunk = compress_frame(frame)
 
-    def positions(flat):
-        asked.append(flat)
-        return table[flat]
+    def position(flat, counted, centre, valid):
+        return PositionSum("s", flat, counted, centre, valid, chunk, frame.dtype, frame.shape)
 
-    particles = prepare_particles(picks, np.arange(6.0), overview, calibration, geometry, positions, bad)
-    assert sorted(asked) == sorted(table)  # every pick inside the scan, and only those
+    table = {1 * 5 + 1: position(6, 1, (130.0, 129.0), False), 1 * 5 + 3: position(8, 2, (np.nan, np.nan), False),
+             0 * 5 + 2: position(2, 2, (130.0, 129.0), True), 3 * 5 + 2: position(17, 2, (130.3, 128.6), True),
+             4 * 5 + 4: position(24, 2, (10.0, 128.0), True)}
+
+    def prepare(picks, scores, min_coverage=1.0):
+        particles = match_particles(picks, scores, calibration)
+        for p in particles:
+            if p.flag is None:
+                fill_particle(p, table[p.scan_yx[0] * 5 + p.scan_yx[1]], overview, calibration, geometry, bad,
+                              min_coverage)
+        return particles
+
+    particles = prepare(picks, np.arange(6.0))
+    matched = sorted(p.scan_yx[0] * 5 + p.scan_yx[1] for p in particles if p.scan_yx is not None)
+    assert matched == sorted(table)  # every pick inside the scan, and only those
     flags = [p.flag for p in particles]
     assert flags[0].startswith("missing frames") and "0.50" in flags[0]
     assert "no direct beam" in flags[1]
@@ -315,14 +330,14 @@ def test_prepare_particles_flags_each_problem_and_cuts_the_good_one():
     r0, c0 = round(picks[4][0]) - 64, round(picks[4][1]) - 64
     np.testing.assert_array_equal(good.image_lr, overview[r0 : r0 + 128, c0 : c0 + 128])
     # a lower coverage requirement lets the half-covered particle through to the next check
-    again = prepare_particles(picks[:1], np.zeros(1), overview, calibration, geometry, positions, bad, min_coverage=0.5)
+    again = prepare(picks[:1], np.zeros(1), min_coverage=0.5)
     assert again[0].flag is None and again[0].coverage == 0.5
 
 
 # ---------------------------------------------------------------- reprocess end to end
 
-def test_reprocess_writes_a_relion_stack(reprocessed, scan_capture, tiny_model):
-    code, out, before = reprocessed
+def test_reprocess_writes_a_relion_stack(reprocessed, scan_capture, tiny_phaser):
+    code, out, before, _ = reprocessed
     assert code == 0
     assert sha256(scan_capture) == before, "reprocess changed the capture"
     result = json.loads((out / "result.json").read_text())
@@ -353,12 +368,19 @@ def test_reprocess_writes_a_relion_stack(reprocessed, scan_capture, tiny_model):
     scan = np.rint((yx - affine[:, 2]) / np.diag(affine[:, :2])).astype(int)
     assert scan[:, 0].tolist() == particles["simedScanY"].astype(int).tolist()
     assert scan[:, 1].tolist() == particles["simedScanX"].astype(int).tolist()
-    assert set(particles["simedModelSha256"].astype(str)) == {sha256(tiny_model)}
+    from simed_stream.phasing.inference import Phaser
+
+    assert set(particles["simedModelSha256"].astype(str)) == {Phaser(tiny_phaser, "cpu").sha256}
+    # what needs no ground truth, per particle: free R of the search, the PRTF resolution estimate
+    # (between the data limit, 20 mrad ≈ 1.25 Å, and the box) and the spread of its solutions
+    assert (particles["simedRFree"].astype(float) > 0).all()
+    assert particles["simedResolutionEstimateA"].astype(float).between(1.2, 70.0).all()
+    assert (particles["simedUncertainty"].astype(float) >= 0).all()
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_reprocess_reports_every_pick_and_its_timing(reprocessed):
-    _, out, _ = reprocessed
+def test_reprocess_reports_every_pick_and_its_timing(reprocessed, scan_capture):
+    _, out, _, wall_s = reprocessed
     result = json.loads((out / "result.json").read_text())
     picks = json.loads((out / "picks.json").read_text())
     assert len(picks) == result["picks"] > 0
@@ -368,15 +390,30 @@ def test_reprocess_reports_every_pick_and_its_timing(reprocessed):
             assert 0 <= pick["fourier_r"] and pick["coverage"] == 1.0
     assert sum(p["flag"] is None for p in picks) == result["phased"]
     assert sum(result["flagged"].values()) == result["picks"] - result["phased"]
+    # picking against the capture's truth, by hand: the particles are two scan steps (140 Å)
+    # apart, so the nearest pick within half a diameter (20 Å) is the one-to-one match
+    with h5py.File(scan_capture, "r") as f:
+        truth_yx = f["truth/yx_overview_px"][:]
+    picks_yx = np.array([[p["y_px"], p["x_px"]] for p in picks])
+    radius_px = 20.0 / (70.0 / 128)
+    distance = np.hypot(*(truth_yx[:, None, :] - picks_yx[None, :, :]).transpose(2, 0, 1))
+    matched_pick = [int(row.argmin()) for row in distance if row.min() <= radius_px]
+    assert len(set(matched_pick)) == len(matched_pick)
+    precision, recall = len(matched_pick) / len(picks), len(matched_pick) / len(truth_yx)
     score = result["pick_score"]
-    assert score is not None and 0.0 <= score["f1"] <= 1.0
-    for stage in ("pick", "prepare", "classical", "network", "write", "report"):
-        assert result["seconds"][stage] >= 0.0, stage
+    assert (score["true_positives"], score["false_positives"], score["false_negatives"]) == (
+        len(matched_pick), len(picks) - len(matched_pick), len(truth_yx) - len(matched_pick))
+    assert score["precision"] == pytest.approx(precision) and score["recall"] == pytest.approx(recall)
+    assert score["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
+    # every stage did work, and the stages are parts of the command's own wall time
+    stages = ("pick", "prepare", "engine", "network", "write", "report")
+    assert all(result["seconds"][stage] > 0 for stage in stages), result["seconds"]
+    assert sum(result["seconds"][stage] for stage in stages) < wall_s
 
 
 def test_picks_json_gives_each_pick_its_own_fourier_r(reprocessed):
     """picks.json and particles.star must agree on which pick got which Fourier R-factor."""
-    _, out, _ = reprocessed
+    _, out, _, wall_s = reprocessed
     picks = json.loads((out / "picks.json").read_text())
     particles = starfile.read(out / "particles.star", always_dict=True)["particles"]
     star = {(round(float(y), 2), round(float(x), 2)): float(r) for y, x, r in
@@ -398,12 +435,12 @@ def _reprocess(captures, out, model, *extra) -> int:
     return main(["-q", "reprocess", *map(str, captures), "--out", str(out), "--model", str(model), *extra])
 
 
-def test_capture_without_overview_keeps_its_frames(tmp_path, scan_capture, tiny_model):
+def test_capture_without_overview_keeps_its_frames(tmp_path, scan_capture, tiny_phaser):
     capture = _copy(scan_capture, tmp_path / "no-overview.h5")
     with h5py.File(capture, "a") as f:
         del f["overviews"]
     before = sha256(capture)
-    assert _reprocess([capture], tmp_path / "out", tiny_model) == 1
+    assert _reprocess([capture], tmp_path / "out", tiny_phaser) == 1
     assert sha256(capture) == before
     result = json.loads((tmp_path / "out" / "no-overview" / "result.json").read_text())
     assert result["status"] == "not phased: no overview"
@@ -411,7 +448,7 @@ def test_capture_without_overview_keeps_its_frames(tmp_path, scan_capture, tiny_
     assert any(f"{frames} captured frames kept" in note for note in result["notes"]), result["notes"]
 
 
-def test_overview_that_misses_the_scan_is_refused(tmp_path, scan_capture, tiny_model):
+def test_overview_that_misses_the_scan_is_refused(tmp_path, scan_capture, tiny_phaser):
     capture = _copy(scan_capture, tmp_path / "mismatch.h5")
     with h5py.File(capture, "a") as f:
         dataset = f["overviews/0"]
@@ -419,15 +456,15 @@ def test_overview_that_misses_the_scan_is_refused(tmp_path, scan_capture, tiny_m
         header["affine_scan_to_overview"] = [[128.0, 0.0, 5000.0], [0.0, 128.0, 5000.0]]  # far off a 768² image
         dataset.attrs["header"] = json.dumps(header)
     before = sha256(capture)
-    assert _reprocess([capture], tmp_path / "out", tiny_model) == 1
+    assert _reprocess([capture], tmp_path / "out", tiny_phaser) == 1
     assert sha256(capture) == before
     status = json.loads((tmp_path / "out" / "mismatch" / "result.json").read_text())["status"]
     assert status.startswith("failed") and "overview/scan mismatch" in status
 
 
-def test_model_for_another_box_is_refused(tmp_path, scan_capture, tiny_model, dataset_geometry):
+def test_model_for_another_box_is_refused(tmp_path, scan_capture, tiny_phaser, dataset_geometry):
     geometry = dict(dataset_geometry.__dict__, box_A=dataset_geometry.box_A + 20.0)
-    model = write_tiny_model(tmp_path / "other-box", geometry, torch.load(tiny_model, weights_only=True))
+    model = write_tiny_phaser(tmp_path / "other-box", geometry, network=False)
     capture = _copy(scan_capture, tmp_path / "scan.h5")
     before = sha256(capture)
     assert _reprocess([capture], tmp_path / "out", model) == 1
@@ -437,40 +474,40 @@ def test_model_for_another_box_is_refused(tmp_path, scan_capture, tiny_model, da
     assert not (tmp_path / "out" / "scan" / "particles.star").exists()
 
 
-def test_unwritable_output_fails_before_any_work(tmp_path, scan_capture, tiny_model, capsys):
+def test_unwritable_output_fails_before_any_work(tmp_path, scan_capture, tiny_phaser, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     before = sha256(scan_capture)
-    assert _reprocess([scan_capture], blocker / "out", tiny_model) == 2
+    assert _reprocess([scan_capture], blocker / "out", tiny_phaser) == 2
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err
     assert sha256(scan_capture) == before and blocker.read_text() == "not a folder"
 
 
-def test_truncated_capture_is_reported(tmp_path, scan_capture, tiny_model):
+def test_truncated_capture_is_reported(tmp_path, scan_capture, tiny_phaser):
     capture = _copy(scan_capture, tmp_path / "cut.h5")
     os.truncate(capture, capture.stat().st_size // 2)
     before = sha256(capture)
-    assert _reprocess([capture], tmp_path / "out", tiny_model) == 1
+    assert _reprocess([capture], tmp_path / "out", tiny_phaser) == 1
     assert sha256(capture) == before
     status = json.loads((tmp_path / "out" / "cut" / "result.json").read_text())["status"]
     assert status.startswith("failed") and "truncated" in status
 
 
-def test_missing_capture_fails_its_own_series_only(tmp_path, scan_capture, tiny_model):
+def test_missing_capture_fails_its_own_series_only(tmp_path, scan_capture, tiny_phaser):
     missing = tmp_path / "never-recorded.h5"
-    assert _reprocess([missing], tmp_path / "out", tiny_model) == 1
+    assert _reprocess([missing], tmp_path / "out", tiny_phaser) == 1
     status = json.loads((tmp_path / "out" / "never-recorded" / "result.json").read_text())["status"]
     assert status.startswith("failed") and "does not exist" in status
     assert not missing.exists()
 
 
-def test_captures_with_the_same_name_are_refused(tmp_path, scan_capture, tiny_model, capsys):
+def test_captures_with_the_same_name_are_refused(tmp_path, scan_capture, tiny_phaser, capsys):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = _copy(scan_capture, tmp_path / "a" / "scan.h5")
     second = _copy(scan_capture, tmp_path / "b" / "scan.h5")
-    assert _reprocess([first, second], tmp_path / "out", tiny_model) == 2
+    assert _reprocess([first, second], tmp_path / "out", tiny_phaser) == 2
     assert "share a file name" in capsys.readouterr().err
     assert not (tmp_path / "out" / "scan").exists()  # refused before any capture was processed
     assert sha256(first) == sha256(second) == sha256(scan_capture)
@@ -498,19 +535,21 @@ def test_simulate_scan_refuses_more_particles_than_fit(tmp_path, physics_dataset
     assert "do not fit" in err and f"at most {room}" in err
     assert not out.exists()
     with pytest.raises(SimedError, match="at most 4"):
-        ScanSettings(scan_shape=(4, 3), particles=5).validate()
+        ScanSettings(scan_shape=(4, 3), particles=5)
 
 
-def test_dask_local_cluster_gives_the_serial_stack(tmp_path, scan_capture, tiny_model):
+def test_dask_local_cluster_gives_the_serial_stack(tmp_path, scan_capture, tiny_phaser):
     """Two captures on a local Dask cluster of 2 workers = the same two, one after the other, here."""
-    from simed_stream.pipeline import ChainSettings, reprocess_captures
+    from simed_stream.chain_settings import ChainSettings
+    from simed_stream.reprocess import reprocess_captures
     from simed_stream.stack import read_stack
 
     second = tmp_path / "scan-b.h5"
     shutil.copy(scan_capture, second)
     captures = [scan_capture, second]
-    serial = reprocess_captures(captures, tmp_path / "serial", tiny_model, ChainSettings(), "cpu", None)
-    parallel = reprocess_captures(captures, tmp_path / "dask", tiny_model, ChainSettings(), "cpu", "local", workers=2)
+    settings = ChainSettings(model=tiny_phaser, device="cpu")
+    serial = reprocess_captures(captures, tmp_path / "serial", settings, None)
+    parallel = reprocess_captures(captures, tmp_path / "dask", settings, "local", workers=2)
     assert [r.status for r in parallel] == ["phased", "phased"]
     for a, b in zip(serial, parallel):
         assert (a.picks, a.phased, a.flagged) == (b.picks, b.phased, b.flagged)
@@ -522,23 +561,30 @@ def test_dask_local_cluster_gives_the_serial_stack(tmp_path, scan_capture, tiny_
             assert list(star_a["particles"][column]) == list(star_b["particles"][column])
 
 
-def test_uncertainty_passes_average_random_starts(physics_dataset, tiny_model):
-    """K passes: pass 0 is the deterministic run; the image is the mean of K network outputs,
-    the uncertainty their spread; K=1 gives exactly the single-pass image and no uncertainty."""
-    from simed_stream.phasing.inference import ParticlePhaser
+def test_bad_particles_are_flagged_and_the_series_goes_on(physics_dataset, tiny_phaser, tmp_path):
+    """A particle the phaser cannot phase (here: a pattern with NaNs) is flagged with the reason on
+    that particle; its neighbours in the batch are phased and written."""
+    from simed_stream.chain import SeriesChain, SeriesResult
+    from simed_stream.phasing.inference import Phaser
+    from simed_stream.records import Particle
+    from simed_stream.stack import Optics, StackWriter, read_stack
 
     with h5py.File(physics_dataset, "r") as f:
         diffraction = f["diffraction"][:2].astype(np.float64)
         image_lr = f["image_lr"][:2].astype(np.float64)
-    single = ParticlePhaser(tiny_model, "cpu")(diffraction, image_lr)
-    assert single.uncertainty is None
-    triple = ParticlePhaser(tiny_model, "cpu", passes=3)(diffraction, image_lr)
-    assert triple.sigma_v.shape == single.sigma_v.shape
-    assert np.all(triple.uncertainty > 0) and np.all(np.isfinite(triple.uncertainty))
-    np.testing.assert_array_equal(triple.classical, single.classical)  # pass 0 = the deterministic run
-    assert not np.array_equal(triple.sigma_v, single.sigma_v)
-    with pytest.raises(SimedError):
-        ParticlePhaser(tiny_model, "cpu", passes=0)
+    diffraction[1, 3, 3] = np.nan
+    chain = SeriesChain.__new__(SeriesChain)  # only the phasing stage: no overview needed
+    chain.phaser = Phaser(tiny_phaser, "cpu")
+    chain.result = SeriesResult("s", tmp_path, "phased", seconds={"engine": 0.0, "network": 0.0, "write": 0.0})
+    chain.phased = []
+    chain.writer = StackWriter(tmp_path, Optics(0.546875, 128, 200.0))
+    batch = [Particle(i, (64.0, 64.0), 1.0, (0, i), 1.0, diffraction=diffraction[i], image_lr=image_lr[i]) for i in range(2)]
+    chain.phase(batch)
+    chain.writer.close()
+    assert batch[0].flag is None and batch[1].flag.startswith("not phased: diffraction has non-finite values")
+    assert chain.result.phased == 1 and len(chain.phased) == 1 and chain.phased[0].particle is batch[0]
+    star, images = read_stack(tmp_path)
+    assert len(images) == 1
 
 
 def test_singular_affine_is_refused_by_name():
@@ -548,11 +594,11 @@ def test_singular_affine_is_refused_by_name():
         ScanCalibration.from_headers(header, {"pixel_size_A": 0.55, "affine_scan_to_overview": [[0, 0, 100], [0, 0, 100]]})
 
 
-def test_a_model_file_that_is_not_its_cards_is_refused(tmp_path, tiny_model):
+def test_a_model_file_that_is_not_its_cards_is_refused(tmp_path, tiny_phaser):
     from simed_stream.phasing.inference import Phaser
 
     folder = tmp_path / "swapped"
-    shutil.copytree(os.path.dirname(tiny_model), folder)
+    shutil.copytree(tiny_phaser, folder)
     torch.save({k: v + 1 for k, v in torch.load(folder / "model.pt", weights_only=True).items()}, folder / "model.pt")
     with pytest.raises(SimedError, match="not the file its card describes"):
-        Phaser(folder / "model.pt", "cpu")
+        Phaser(folder, "cpu")

@@ -32,7 +32,7 @@ def scan(folder: Path, dataset: Path, shape: tuple[int, int], particles: int, fr
 
 def scan_arguments(parser: argparse.ArgumentParser, scan_shape: str, particles: int, frames_per_position: int) -> None:
     """The options both chain benchmarks share (what to simulate, which model, where)."""
-    from simed_stream.cli import DEFAULT_MODEL
+    from simed_stream.chain_settings import DEFAULT_MODEL
 
     parser.add_argument("--scan", default=scan_shape, help=f"scan positions HxW (default {scan_shape})")
     parser.add_argument("--particles", type=int, default=particles)

@@ -74,7 +74,8 @@ def raw(frames: int) -> dict:
 def ingest(frames: int, rate: str) -> dict:
     endpoint = _endpoint()
     with tempfile.TemporaryDirectory() as folder:
-        settings = ReceiverSettings(Path(folder), endpoint, overview_grace_s=1.0, max_message_bytes=64 << 20)
+        settings = ReceiverSettings(capture_dir=Path(folder), data_endpoint=endpoint, overview_grace_s=1.0,
+                                    max_message_bytes=64 << 20)
         with Receiver(settings) as receiver:
             detector = _start_detector(endpoint, frames, rate)
             summary = receiver.wait_for_series(1, 600)[0]

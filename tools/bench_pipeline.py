@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_data import capture_for, scan_arguments  # noqa: E402
 
-from simed_stream.live import replay_capture  # noqa: E402
-from simed_stream.pipeline import ChainSettings  # noqa: E402
+from simed_stream.cli.replay import replay_capture  # noqa: E402
+from simed_stream.live.settings import LiveSettings  # noqa: E402
 
 
 def main() -> None:
@@ -35,15 +35,15 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     rates = []
     started = time.perf_counter()
-    pipeline = replay_capture(capture, out, ChainSettings(), args.model, "auto", args.rate, None,
-                              lambda status: rates.append(status["ingest"]["frames_per_s"]),
-                              phasing_workers=args.phasing_workers)
+    settings = LiveSettings(out=out, model=args.model, phasing_workers=args.phasing_workers, overview_timeout_s=5.0)
+    pipeline = replay_capture(capture, settings, args.rate,
+                              on_status=lambda status: rates.append(status["ingest"]["frames_per_s"]))
     total = time.perf_counter() - started
     result = pipeline.results[0]
     status = json.loads((out / "status.json").read_text())
     frames = status["ingest"]["frames_received"]
     latency = result.seconds.get("overview_to_last_particle")
-    phasing = result.seconds.get("classical", 0.0) + result.seconds.get("network", 0.0)
+    phasing = result.seconds.get("engine", 0.0) + result.seconds.get("network", 0.0)
     dropped = status["ingest"]["frames_dropped_at_source"] + status["ingest"]["frames_missing"]
     frames_expected = shape[0] * shape[1] * args.frames_per_position
     print(f"{frames}/{frames_expected} frames at {args.rate:g} frames/s offered, peak ingest "

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_data import capture_for, scan_arguments  # noqa: E402
 
-from simed_stream.pipeline import ChainSettings, reprocess_captures  # noqa: E402
+from simed_stream.chain_settings import ChainSettings  # noqa: E402
+from simed_stream.reprocess import reprocess_captures  # noqa: E402
 
 
 def main() -> None:
@@ -30,10 +31,10 @@ def main() -> None:
     out = args.work / "reprocess-out"
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    result = reprocess_captures([capture], out, args.model, ChainSettings(), "auto")[0]
+    result = reprocess_captures([capture], out, ChainSettings(model=args.model))[0]
     total = time.perf_counter() - started
     seconds = {k: round(v, 3) for k, v in result.seconds.items()}
-    core = result.seconds["classical"] + result.seconds["network"]
+    core = result.seconds["engine"] + result.seconds["network"]
     print(f"{result.phased} of {result.picks} picks phased in {total:.1f} s ({result.phased / total:.2f} particles/s)")
     for stage, value in seconds.items():
         print(f"  {stage:>10}: {value:7.3f} s")

@@ -263,12 +263,12 @@ class PhaseRetrievalEngine:
 
     @staticmethod
     def _empty_like(result: EngineResult) -> EngineResult:
-        def blank(value):
-            if not isinstance(value, np.ndarray):
+        def blank(name, value):
+            if name not in EngineResult._PER_PARTICLE:
                 return value
             return np.full_like(value, np.nan) if value.dtype.kind == "f" else np.zeros_like(value)
 
-        return EngineResult(**{name: blank(value) for name, value in result.__dict__.items()})
+        return EngineResult(**{name: blank(name, value) for name, value in result.__dict__.items()})
 
     # -- the search -------------------------------------------------------------------------
 

@@ -93,6 +93,7 @@ class Phaser:
             raise SimedError(f"{card_file} is not a usable phaser card: {error!r}") from None
         self.device = select_device(device)
         self.engine = PhaseRetrievalEngine(self.geometry, self.settings, self.device)
+        self.fanout = None  # a `fanout.PhasingFanout`: the engine then runs on its workers
         self.network = None if network is None else self._load_network(card_file, network)
         # what identifies this phaser in a STAR file: the card's content and the weights
         self.sha256 = hashlib.sha256(json.dumps({"engine": self.settings.to_json(), "geometry": self.card["geometry"],
@@ -124,7 +125,10 @@ class Phaser:
         started = time.perf_counter()
         diffractions = np.asarray(diffractions, np.float64)
         images_lr = np.asarray(images_lr, np.float64)
-        found = self.engine(diffractions, images_lr)
+        if self.fanout is not None:
+            found = self.fanout(self.settings, self.geometry, diffractions, images_lr)
+        else:
+            found = self.engine(diffractions, images_lr)
         middle = time.perf_counter()
         sigma_v = found.sigma_v
         if self.network is not None:

@@ -1,0 +1,5 @@
+import sys
+
+from simed_stream.cli import main
+
+sys.exit(main())

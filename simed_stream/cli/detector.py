@@ -1,0 +1,90 @@
+"""`simed detector`: the fake ASI/JEOL detector, streaming a capture or a synthetic scan."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from simed_stream.cli.common import rate, shape, warn_if_not_loopback
+from simed_stream.errors import SimedError
+
+
+def add(commands) -> None:
+    from simed_stream.protocol import DEFAULT_CONTROL_ENDPOINT, DEFAULT_DATA_ENDPOINT
+
+    detector = commands.add_parser(
+        "detector", help="fake ASI/JEOL detector: stream a capture or a synthetic scan over simed-stream/1",
+        description="Stream a capture file (verbatim, bit for bit) or a synthetic scan as a live detector would: "
+        "PUSH data socket bound on loopback, REP control socket answering status/arm/abort.",
+    )
+    source = detector.add_mutually_exclusive_group(required=True)
+    source.add_argument("--capture", type=Path, metavar="FILE.h5", help="capture written by `simed receive`")
+    source.add_argument("--synthetic", action="store_true", help="a synthetic scan (direct beam, descan drift, hot pixels)")
+    detector.add_argument("--data", default=DEFAULT_DATA_ENDPOINT, help=f"data endpoint to bind (default {DEFAULT_DATA_ENDPOINT})")
+    detector.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT,
+                          help=f"control endpoint to bind, or 'none' (default {DEFAULT_CONTROL_ENDPOINT})")
+    detector.add_argument("--rate", type=rate, default="recorded", metavar="FPS|recorded|max",
+                          help="frames per second, the recorded timing (default) or as fast as possible")
+    detector.add_argument("--loop", action="store_true", help="repeat the series until stopped (new series ids)")
+    detector.add_argument("--faults", default="", metavar="SPEC",
+                          help="e.g. drop=0.01,source_drop=0.01,reorder=0.01,duplicate=0.01,truncate=0.01,garbage=0.01,"
+                          "wrong_shape=0.01,wrong_dtype=0.01,oversize=1,disconnect=1,no_end,late_overview=2,no_overview")
+    detector.add_argument("--seed", type=int, default=0, help="seed for faults and synthetic data")
+    detector.add_argument("--wait-arm", action="store_true", help="start each series only on an 'arm' command")
+    detector.add_argument("--nav-shape", type=shape, default=(32, 32), metavar="HxW", help="synthetic scan positions")
+    detector.add_argument("--sig-shape", type=shape, default=(256, 256), metavar="HxW", help="synthetic frame size")
+    detector.add_argument("--frames-per-position", type=int, default=4, help="synthetic sub-frames per position")
+    detector.add_argument("--batch-frames", type=int, default=32, help="synthetic frames per message")
+    detector.add_argument("--series-id", default=None, help="synthetic series id (default: time-based)")
+    detector.add_argument("--max-message-bytes", type=int, default=None,
+                          help="the receiver's message size limit (for the oversize fault)")
+    detector.set_defaults(handler=_detector)
+
+
+def _detector(args) -> int:
+    import time
+
+    import zmq
+
+    from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
+    from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
+
+    try:
+        faults = FaultPlan.parse(args.faults)
+    except ValueError as error:
+        raise SimedError(f"--faults: {error}") from None
+    warn_if_not_loopback(args.data)
+    if args.capture is not None:
+        if not args.capture.is_file():
+            raise SimedError(f"capture {args.capture} does not exist")
+        try:
+            capture_series(args.capture)
+        except ValueError as error:
+            raise SimedError(str(error)) from None
+        make = lambda: capture_series(args.capture)  # noqa: E731
+    else:
+        series_id = args.series_id or time.strftime("synthetic-%Y%m%d-%H%M%S")
+        make = lambda: synthetic_series(series_id, args.nav_shape, args.frames_per_position, args.sig_shape,  # noqa: E731
+                                        batch_frames=args.batch_frames, seed=args.seed)
+    control = None if args.control == "none" else args.control
+    if control:
+        warn_if_not_loopback(control)
+    detector = FakeDetector(args.data, control, rate_fps=args.rate, faults=faults, seed=args.seed,
+                            max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+                            wait_for_arm=args.wait_arm)
+    try:
+        detector.__enter__()
+    except zmq.ZMQError as error:
+        raise SimedError(f"cannot bind {args.data} / {control}: {error}") from None
+    try:  # entered above, so that a bind error is reported plainly
+        logging.getLogger("simed").info("detector bound to %s; waiting for a receiver", args.data)
+        try:
+            detector.run([make], loop=args.loop)
+        except TimeoutError as error:
+            raise SimedError(str(error)) from None
+        status = detector.status()
+    finally:
+        detector.__exit__(None, None, None)
+    print(f"detector: {status['series_done']} series, last {status['series_id']}: {status['frames_sent']} frames sent, "
+          f"{status['frames_dropped_at_source']} dropped at source")
+    return 0
