@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft, ndimage
 
-from simed_stream.arrays import embed_center
+from simed_stream.arrays import crop_center, embed_center
 from simed_stream.metrics import spatial_frequencies
 
 
@@ -58,7 +58,7 @@ class HIOSettings:
     support_dilation_A: float = 6.0
 
 
-def measured_amplitudes(diffraction: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+def measured_amplitudes(diffraction: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(amplitude, known, beyond) on the object grid's unshifted FFT layout: √(Friedel-symmetrised
     pattern) scaled to numpy's unnormalised DFT of σV, where it is measured (0 < k ≤ max) and
     where the data say nothing (k > max: kept at zero, a band-limited estimate)."""
@@ -66,13 +66,8 @@ def measured_amplitudes(diffraction: np.ndarray, geometry: Geometry) -> tuple[np
     symmetric = 0.5 * (diffraction + diffraction[::-1, ::-1])
     side = symmetric.shape[0]
     if side > n:  # the image pixel cannot carry the outermost angles: keep what the grid holds
-        centre, half = side // 2, (n - 1) // 2  # an odd crop, the direct beam still in its centre
-        symmetric = symmetric[centre - half : centre + half + 1, centre - half : centre + half + 1]
-        side = symmetric.shape[0]
-    padded = np.zeros((n, n))
-    start = n // 2 - side // 2
-    padded[start : start + side, start : start + side] = np.sqrt(np.maximum(symmetric, 0.0)) * n * n
-    amplitude = np.fft.ifftshift(padded)
+        symmetric = crop_center(symmetric, n - 1 if n % 2 == 0 else n)  # odd: the direct beam stays central
+    amplitude = np.fft.ifftshift(embed_center(np.sqrt(np.maximum(symmetric, 0.0)) * n * n, n))
     k = spatial_frequencies((n, n), geometry.image_pixel_A)
     known = (k > 0) & (k <= geometry.max_angle_mrad * 1e-3 / geometry.wavelength_A)
     beyond = k > geometry.max_angle_mrad * 1e-3 / geometry.wavelength_A
@@ -90,10 +85,7 @@ def low_res_start(image_lr: np.ndarray, geometry: Geometry) -> np.ndarray:
     ctf[k > geometry.cutoff_lr_mrad * 1e-3 / geometry.wavelength_A] = 0.0
     contrast = image_lr - np.median(image_lr)
     estimate = np.fft.ifft2(np.fft.fft2(contrast) * ctf / (ctf**2 + 0.1)).real
-    full = np.zeros((n, n))
-    start = n // 2 - size // 2
-    full[start : start + size, start : start + size] = estimate
-    return full
+    return embed_center(estimate, n)
 
 
 def low_res_core(image_lr: np.ndarray, geometry: Geometry, threshold: float = 0.25) -> np.ndarray:
@@ -146,10 +138,7 @@ def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
             sigma = settings.shrinkwrap_sigma_px[0] + fraction * (settings.shrinkwrap_sigma_px[1] - settings.shrinkwrap_sigma_px[0])
             blurred = ndimage.gaussian_filter(np.maximum(v, 0), sigma)
             support = outer & (blurred > settings.shrinkwrap_threshold * blurred.max())
-    v = align_to(np.maximum(v, 0), wiener, geometry)
-    n, size = geometry.grid_px, geometry.image_size_px
-    start_px = n // 2 - size // 2
-    return v[start_px : start_px + size, start_px : start_px + size]
+    return crop_center(align_to(np.maximum(v, 0), wiener, geometry), geometry.image_size_px)
 
 
 def align_to(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -159,27 +148,21 @@ def align_to(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> np.nda
 
 
 def find_origin_and_hand(v: np.ndarray, reference: np.ndarray, geometry: Geometry) -> tuple[bool, tuple[float, float]]:
-    """(twin, shift): whether the point-inverted copy of `v` matches `reference` better, and the
-    (sub-pixel) shift that moves it there. Sub-pixel: a parabola through the correlation peak."""
+    """(twin, shift): whether the point-inverted copy of `v` matches `reference` better in the
+    band the low-res image carries, and the sub-pixel shift (1/20 px) that moves it there."""
+    from skimage.registration import phase_cross_correlation
+
     n = v.shape[0]
-    k = spatial_frequencies((n, n), geometry.image_pixel_A)
-    band = k <= geometry.cutoff_lr_mrad * 1e-3 / geometry.wavelength_A
+    band = spatial_frequencies((n, n), geometry.image_pixel_A) <= geometry.cutoff_lr_mrad * 1e-3 / geometry.wavelength_A
     reference_spectrum = np.fft.fft2(reference) * band
     best = None
     for twin in (False, True):
-        spectrum = np.fft.fft2(point_inverted(v) if twin else v)
-        correlation = np.fft.ifft2(reference_spectrum * np.conj(spectrum * band)).real
-        peak = np.unravel_index(int(correlation.argmax()), correlation.shape)
-        if best is None or correlation[peak] > best[0]:
-            best = (correlation[peak], twin, peak, correlation)
-    _, twin, peak, correlation = best
-    shift = []
-    for axis, index in enumerate(peak):
-        before = correlation[tuple((index - 1) % n if a == axis else peak[a] for a in range(2))]
-        after = correlation[tuple((index + 1) % n if a == axis else peak[a] for a in range(2))]
-        curvature = before - 2 * correlation[peak] + after
-        offset = 0.5 * (before - after) / curvature if curvature < 0 else 0.0
-        shift.append(((index + offset + n / 2) % n) - n / 2)
+        spectrum = np.fft.fft2(point_inverted(v) if twin else v) * band
+        shift, error, _ = phase_cross_correlation(reference_spectrum, spectrum, space="fourier", upsample_factor=20,
+                                                  normalization=None)
+        if best is None or error < best[0]:
+            best = (error, twin, shift)
+    _, twin, shift = best
     return twin, (float(shift[0]), float(shift[1]))
 
 
@@ -190,7 +173,4 @@ def point_inverted(v: np.ndarray) -> np.ndarray:
 
 def apply_origin_and_hand(v: np.ndarray, twin: bool, shift: tuple[float, float]) -> np.ndarray:
     """`v` point-inverted if `twin`, then moved by `shift` pixels (a Fourier shift)."""
-    n = v.shape[0]
-    f = np.fft.fftfreq(n)
-    phase_ramp = np.exp(-2j * np.pi * (f[:, None] * shift[0] + f[None, :] * shift[1]))
-    return np.fft.ifft2(np.fft.fft2(point_inverted(v) if twin else v) * phase_ramp).real
+    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(point_inverted(v) if twin else v), shift)).real

@@ -243,44 +243,46 @@ def _dose_for(doses: list[float], values: list[float], goal_A: float = SUCCESS_A
     return float(np.exp(np.log(d[low]) + fraction * (np.log(d[high]) - np.log(d[low]))))
 
 
-def _plot_dose(result: dict, methods, out: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _line_plot(path: Path, curves: dict[str, tuple], xlabel: str, ylabel: str, line_at: float,
+               log: bool = False) -> None:
+    """One figure of labelled (x, y) curves with a dashed reference line."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    doses = result["doses_e_per_A2"]
-    for method in methods:
-        ax.plot(doses, [result["curve"][f"{d:g}"]["median_frc05_A"][method] for d in doses], "o-", label=method)
-    ax.axhline(SUCCESS_A, color="grey", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("diffraction dose (e/Å² over the box)")
-    ax.set_ylabel("median FRC₀.₅ (Å)")
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, "o-" if log else "-", label=label)
+    ax.axhline(line_at, color="grey", lw=0.8, ls="--")
+    if log:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "dose.png", dpi=90)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _plot_dose(result: dict, methods, out: Path) -> None:
+    doses = result["doses_e_per_A2"]
+    curves = {m: (doses, [result["curve"][f"{d:g}"]["median_frc05_A"][m] for d in doses]) for m in methods}
+    _line_plot(out / "dose.png", curves, "diffraction dose (e/Å² over the box)", "median FRC₀.₅ (Å)", SUCCESS_A,
+               log=True)
 
 
 def _plots(rows: list[dict], out: Path, methods) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     k = np.array(rows[0]["frequency_inv_A"])
-    for method in methods:
-        ax.plot(k, np.mean([r["frc_curve"][method] for r in rows], axis=0), label=method)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("spatial frequency (1/Å)")
-    ax.set_ylabel("mean FRC against σV")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "frc.png", dpi=90)
-    plt.close(fig)
+    curves = {m: (k, np.mean([r["frc_curve"][m] for r in rows], axis=0)) for m in methods}
+    _line_plot(out / "frc.png", curves, "spatial frequency (1/Å)", "mean FRC against σV", 0.5)
+    plt = _pyplot()
     shown = rows[:: max(1, len(rows) // 6)][:6]
     columns = [c for c in ("lowres_input", "classical", "engine", "gan", "target") if c in shown[0]["images"]]
     fig, axes = plt.subplots(len(shown), len(columns), figsize=(2.3 * len(columns), 2.4 * len(shown)), squeeze=False)
