@@ -137,13 +137,8 @@ class PhasingFanout:
 
 
 def _assemble(replies: list[tuple[dict, list[np.ndarray]]], geometry: Geometry) -> EngineResult:
-    size, count = geometry.image_size_px, len(replies)
-    rings = max(len(header.get("prtf", [])) for header, _ in replies) or 1
-    result = EngineResult(
-        sigma_v=np.zeros((count, size, size), np.float32), best=np.zeros((count, size, size), np.float32),
-        spread=np.zeros((count, size, size), np.float32), r_free=np.full(count, np.nan), r_work=np.full(count, np.nan),
-        prtf=np.full((count, rings), np.nan), prtf_frequency_inv_A=np.arange(rings) / (geometry.grid_px * geometry.image_pixel_A),
-        resolution_A=np.full(count, np.nan), searches=np.zeros(count, np.int64), flags=[None] * count)
+    rings = max(len(header.get("prtf") or []) for header, _ in replies) or 1
+    result = EngineResult.empty(len(replies), geometry, rings)
     for row, (header, images) in enumerate(replies):
         result.flags[row] = header["flag"]
         if header["flag"]:

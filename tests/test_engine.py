@@ -15,8 +15,10 @@ import torch
 from simed_stream.arrays import crop_center, embed_center
 from simed_stream.metrics import spatial_frequencies
 from simed_stream.phasing.classical import Geometry
-from simed_stream.phasing.engine import (EngineSettings, PhaseRetrievalEngine, _crossing_A, _resample_real,
-                                         check_input, support_problem)
+from simed_stream.phasing.consensus import crossing_A
+from simed_stream.phasing.constraints import check_input, support_problem
+from simed_stream.phasing.engine import EngineSettings, PhaseRetrievalEngine
+from simed_stream.phasing.iterations import resample_real
 
 GEOMETRY = Geometry(box_A=35.0, image_pixel_A=0.546875, image_size_px=32, wavelength_A=0.025079,
                     defocus_lr_A=-1000.0, cutoff_lr_mrad=5.0, max_angle_mrad=20.0)
@@ -126,9 +128,9 @@ def test_resampling_to_a_coarser_grid_keeps_a_band_limited_image():
     spectrum[0, :] = spectrum[:, 0] = 0  # drop the Nyquist row/column: they are ambiguous
     coarse = np.fft.ifft2(np.fft.ifftshift(spectrum)).real
     fine_reference = np.fft.ifft2(np.fft.ifftshift(embed_center(spectrum, 64))).real * 4
-    fine = _resample_real(torch.as_tensor(coarse[None], dtype=torch.float64), 64)[0].numpy()
+    fine = resample_real(torch.as_tensor(coarse[None], dtype=torch.float64), 64)[0].numpy()
     np.testing.assert_allclose(fine, fine_reference, atol=1e-10)
-    back = _resample_real(torch.as_tensor(fine[None]), 32)[0].numpy()
+    back = resample_real(torch.as_tensor(fine[None]), 32)[0].numpy()
     np.testing.assert_allclose(back, coarse, atol=1e-10)
 
 
@@ -136,5 +138,5 @@ def test_prtf_crossing_interpolates_and_reports_the_last_ring_when_never_crossed
     frequency = np.arange(10) / 10.0
     curve = np.array([1, 1, 0.9, 0.8, 0.6, 0.2, 0.1, 0, 0, 0])
     # 1/e = 0.368 between ring 4 (0.6) and ring 5 (0.2): k = 0.4 + 0.1 * (0.6 - 0.368) / 0.4
-    assert _crossing_A(curve, frequency, 1 / np.e) == pytest.approx(1 / (0.4 + 0.1 * (0.6 - 1 / np.e) / 0.4))
-    assert _crossing_A(np.ones(10), frequency, 1 / np.e) == pytest.approx(1 / 0.9)
+    assert crossing_A(curve, frequency, 1 / np.e) == pytest.approx(1 / (0.4 + 0.1 * (0.6 - 1 / np.e) / 0.4))
+    assert crossing_A(np.ones(10), frequency, 1 / np.e) == pytest.approx(1 / 0.9)

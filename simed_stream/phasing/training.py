@@ -25,7 +25,7 @@ from typing import Literal, Optional
 import h5py
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from simed_stream.config import StrictModel, read_yaml_mapping, validate_config
 from simed_stream.errors import SimedError
@@ -58,6 +58,12 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_minutes: Optional[float] = Field(None, gt=0, description="stop (and checkpoint) after this wall time")
     init_generator: Optional[str] = Field(None, description="start from this model.pt (fine-tuning); a new run only")
+
+    @model_validator(mode="after")
+    def _one_sidecar_per_dataset(self) -> "TrainConfig":
+        if self.sidecars is not None and len(self.sidecars) != len(self.datasets):
+            raise ValueError(f"sidecars must name one file per dataset ({len(self.datasets)}), got {len(self.sidecars)}")
+        return self
 
 
 class TripletData:
