@@ -1,6 +1,7 @@
 """A series' report: `report.png` (overview with picks and truth, gallery low-res | phased |
-truth, accounting) and `picks.json` (every pick with its scan position, coverage, flag and
-Fourier R-factor), so a flagged particle is visible and explained, never silently dropped."""
+truth, accounting, the resolution estimates) and `picks.json` (every pick with its scan
+position, coverage, flag, Fourier R-factor, free R and resolution estimate), so a flagged
+particle is visible and explained, never silently dropped."""
 
 from __future__ import annotations
 
@@ -15,17 +16,24 @@ from simed_stream.records import Particle, PhasedParticle
 def write_series_report(out_dir: Path, result, overview: np.ndarray, particles: list[Particle],
                         phased: list[PhasedParticle], truth: dict | None) -> None:
     """phased: in the order they were phased."""
-    r_of = {p.particle.index: p.fourier_r for p in phased}
+    of = {p.particle.index: p for p in phased}
     good = [p.particle for p in phased]
     phased_images = [p.image for p in phased]
+
+    def measured(index: int, name: str):
+        return getattr(of[index], name) if index in of else None
+
     table = [{"pick": p.index, "y_px": round(p.yx_overview_px[0], 2), "x_px": round(p.yx_overview_px[1], 2),
               "score": round(p.score, 2), "scan_yx": p.scan_yx, "coverage": round(p.coverage, 4),
-              "beam_centre_yx": p.beam_centre_yx, "flag": p.flag, "fourier_r": r_of.get(p.index)} for p in particles]
+              "beam_centre_yx": p.beam_centre_yx, "flag": p.flag, "fourier_r": measured(p.index, "fourier_r"),
+              "r_free": measured(p.index, "r_free"), "resolution_estimate_A": measured(p.index, "resolution_A")}
+             for p in particles]
     (out_dir / "picks.json").write_text(json.dumps(table, indent=1))
-    _plot(out_dir / "report.png", result, overview, particles, good, phased_images, truth)
+    estimates = [p.resolution_A for p in phased]
+    _plot(out_dir / "report.png", result, overview, particles, good, phased_images, truth, estimates)
 
 
-def _plot(path: Path, result, overview, particles, good, phased_images, truth) -> None:
+def _plot(path: Path, result, overview, particles, good, phased_images, truth, estimates) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +62,10 @@ def _plot(path: Path, result, overview, particles, good, phased_images, truth) -
         lines.append(f"frames: {a.get('received')} of {a.get('frames_expected')} received, "
                      f"{a.get('missing')} missing, {a.get('rejected')} rejected")
     lines += [f"flagged ({n}): {reason}" for reason, n in result.flagged.items()]
+    finite = [e for e in estimates if np.isfinite(e)]
+    if finite:
+        lines.append(f"resolution estimate (PRTF, no truth): median {np.median(finite):.2f} Å, "
+                     f"range {min(finite):.2f}-{max(finite):.2f} Å")
     if result.pick_score:
         s = result.pick_score
         lines.append(f"picking vs truth: P {s['precision']:.2f} R {s['recall']:.2f} F1 {s['f1']:.2f}")
@@ -63,8 +75,8 @@ def _plot(path: Path, result, overview, particles, good, phased_images, truth) -
     lines += [f"{stage}: {seconds:.2f} s" for stage, seconds in result.seconds.items()]
     text.text(0, 1, "\n".join(lines), va="top", fontsize=7, family="monospace", wrap=True)
     truth_image = _truth_images(good, truth)
-    for row, (p, image) in enumerate(zip(good[:shown], phased_images[:shown]), start=1):
-        panels = [(p.image_lr, f"pick {p.index}: low-res crop"), (image, "phased (σV)")]
+    for row, (p, image, estimate) in enumerate(zip(good[:shown], phased_images[:shown], estimates), start=1):
+        panels = [(p.image_lr, f"pick {p.index}: low-res crop"), (image, f"phased (σV), ~{estimate:.1f} Å")]
         if truth_image.get(p.index) is not None:
             panels.append((truth_image[p.index], "truth"))
         for col, (picture, title) in enumerate(panels):

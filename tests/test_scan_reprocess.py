@@ -411,17 +411,20 @@ def test_reprocess_reports_every_pick_and_its_timing(reprocessed, scan_capture):
     assert sum(result["seconds"][stage] for stage in stages) < wall_s
 
 
-def test_picks_json_gives_each_pick_its_own_fourier_r(reprocessed):
-    """picks.json and particles.star must agree on which pick got which Fourier R-factor."""
+def test_picks_json_gives_each_pick_its_own_numbers(reprocessed):
+    """picks.json and particles.star must agree on which pick got which Fourier R-factor, free R
+    and resolution estimate."""
     _, out, _, wall_s = reprocessed
     picks = json.loads((out / "picks.json").read_text())
     particles = starfile.read(out / "particles.star", always_dict=True)["particles"]
-    star = {(round(float(y), 2), round(float(x), 2)): float(r) for y, x, r in
-            zip(particles["rlnCoordinateY"], particles["rlnCoordinateX"], particles["simedFourierR"])}
-    phased = {(p["y_px"], p["x_px"]): p["fourier_r"] for p in picks if p["flag"] is None}
-    assert set(phased) == set(star)
-    for key, r in phased.items():
-        assert r == pytest.approx(star[key], rel=1e-6), f"pick at {key}: picks.json {r}, particles.star {star[key]}"
+    for pick_key, column in (("fourier_r", "simedFourierR"), ("r_free", "simedRFree"),
+                             ("resolution_estimate_A", "simedResolutionEstimateA")):
+        star = {(round(float(y), 2), round(float(x), 2)): float(r) for y, x, r in
+                zip(particles["rlnCoordinateY"], particles["rlnCoordinateX"], particles[column])}
+        phased = {(p["y_px"], p["x_px"]): p[pick_key] for p in picks if p["flag"] is None}
+        assert set(phased) == set(star)
+        for key, r in phased.items():
+            assert r == pytest.approx(star[key], rel=1e-6), f"{pick_key} at {key}: picks.json {r}, STAR {star[key]}"
 
 
 # ---------------------------------------------------------------- bad inputs
