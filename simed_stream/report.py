@@ -76,7 +76,7 @@ def _plot(path: Path, result, overview, particles, good, phased_images, truth, e
     text.text(0, 1, "\n".join(lines), va="top", fontsize=7, family="monospace", wrap=True)
     truth_image = _truth_images(good, truth)
     for row, (p, image, estimate) in enumerate(zip(good[:shown], phased_images[:shown], estimates), start=1):
-        panels = [(p.image_lr, f"pick {p.index}: low-res crop"), (image, f"phased (σV), ~{estimate:.1f} Å")]
+        panels = [(p.image_lr, f"pick {p.index}: low-res crop"), (image, f"phased (σV), ≈{estimate:.1f} Å (estimate)")]
         if truth_image.get(p.index) is not None:
             panels.append((truth_image[p.index], "truth"))
         for col, (picture, title) in enumerate(panels):
