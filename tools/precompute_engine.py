@@ -3,8 +3,9 @@
 The network's input is the engine's result, which costs ~0.5–1 s per particle on two cores, so it
 is computed once per dataset: `DATASET.engine.h5` (or `--out`) holds `sigma_v` and `spread`
 (N, S, S) float32 on the image grid, `r_free`, `resolution_A`, `flag` per sample, `seconds` per
-batch and a `done` mask; it records the dataset's fingerprint, the engine settings and the
-diffraction dose, and resumes where it stopped.
+batch and a `done` mask (training uses the done samples: `--samples-per-protein` makes a partial
+sidecar); it records the dataset's fingerprint, the engine settings and the diffraction dose,
+and resumes where it stopped.
 
     python tools/precompute_engine.py DATASET.h5 [--settings phaser_card.json] [--diffraction-dose 1e5]
 """
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--diffraction-dose", type=float, default=None, metavar="E_PER_A2",
                         help="add counting noise at this dose before phasing (default: the stored patterns)")
     parser.add_argument("--out", type=Path, default=None, help="sidecar path (default DATASET.engine.h5)")
+    parser.add_argument("--samples-per-protein", type=int, default=None, metavar="N",
+                        help="only the first N orientations of each protein (the rest stay not done)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -72,7 +75,11 @@ def main() -> None:
             out.create_dataset("done", (total,), bool)
         elif out.attrs["identity"] != identity:
             sys.exit(f"{out_path} was made from another dataset, settings or dose; remove it first")
-        todo = np.flatnonzero(~out["done"][:])
+        wanted = np.ones(total, bool)
+        if args.samples_per_protein is not None:
+            per_protein = int(f.attrs["orientations_per_protein"])
+            wanted = (np.arange(total) % per_protein) < args.samples_per_protein
+        todo = np.flatnonzero(~out["done"][:] & wanted)
         for first in tqdm(range(0, len(todo), args.batch), unit="batch", desc=out_path.name):
             index = todo[first : first + args.batch]
             patterns = np.stack([noisy(f["diffraction"][i].astype(np.float64), args.diffraction_dose, box_A, (seed, int(i), 7))

@@ -83,8 +83,8 @@ class TripletData:
                 identity = json.loads(c.attrs["identity"])
                 if identity["dataset"] != f.attrs["fingerprint"]:
                     raise SimedError(f"{sidecar} was made from another dataset than {path}")
-                if not (f["done"][:].all() and c["done"][:].all()):
-                    raise SimedError(f"{path} or its engine results are incomplete")
+                if not f["done"][:].all():
+                    raise SimedError(f"{path} is incomplete: finish `simed simulate dataset` first")
                 geometry = Geometry.from_attrs(f.attrs)
                 if self.geometry not in (None, geometry):
                     raise SimedError(f"{path} has another geometry than the first dataset")
@@ -93,10 +93,10 @@ class TripletData:
                 if self.engine_settings not in (None, identity["engine"]):
                     raise SimedError(f"{sidecar} was computed with other engine settings than the first dataset's")
                 self.engine_settings = identity["engine"]
-                usable = np.array([not flag for flag in c["flag"].asstr()[:]])
+                # the samples the engine has phased (a sidecar may cover a subset) and not flagged
+                usable = c["done"][:] & np.array([not flag for flag in c["flag"].asstr()[:]])
                 if not usable.any():
-                    raise SimedError(f"the engine flagged every sample of {path} (e.g. {c['flag'].asstr()[0]!r}): "
-                                     "nothing to train on")
+                    raise SimedError(f"{sidecar} holds no phased, unflagged sample of {path}: nothing to train on")
                 names = [n.decode() if isinstance(n, bytes) else n for n in f["protein_name"][:]]
                 parts["image_lr"].append(f["image_lr"][:][usable])
                 parts["engine"].append(c["sigma_v"][:][usable])
@@ -141,110 +141,138 @@ def build_generator(config: TrainConfig) -> ResidualRefiner:
 
 
 def train(config: TrainConfig) -> Path:
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if config.device == "auto" else config.device)
-    data = TripletData(config.datasets, config.sidecars)
-    unknown = set(config.validation_proteins) - set(data.protein)
-    if unknown:
-        raise SimedError(f"validation proteins not in the datasets: {sorted(unknown)}")
-    train_idx = np.flatnonzero(~np.isin(data.protein, config.validation_proteins))
-    val_idx = np.flatnonzero(np.isin(data.protein, config.validation_proteins))
-    if not len(train_idx) or not len(val_idx):
-        raise SimedError("the split leaves no training or no validation samples")
-    val_idx = rng.permutation(val_idx)[: config.validation_samples]
-    engine_val = engine_frc(data, val_idx)
-    log.info("validation: the engine alone scores FRC0.5 %.2f Å on %d samples", engine_val, len(val_idx))
-    generator, discriminator = build_generator(config).to(device), PatchDiscriminator(len(INPUT_CHANNELS), layers=config.patch_layers).to(device)
-    opt_g = torch.optim.Adam(generator.parameters(), config.learning_rate, betas=(config.beta1, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), config.learning_rate, betas=(config.beta1, 0.999))
-    weights = torch.as_tensor(ring_weights(data.target[train_idx[:256]]), device=device)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    step = 0
-    checkpoint = out / "checkpoint.pt"
-    identity = config.model_dump_json(exclude={"steps", "max_minutes", "out"})
-    best_frc = float("inf")
-    if config.init_generator and not checkpoint.exists():
-        generator.load_state_dict(torch.load(config.init_generator, map_location=device, weights_only=True))
-        log.info("generator initialised from %s", config.init_generator)
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state["identity"] != identity:
-            raise SimedError(f"{checkpoint} belongs to another configuration; use another `out`")
-        generator.load_state_dict(state["generator"])
-        discriminator.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step = int(state["step"])
-        best_frc = float(state.get("best_val_frc05_A", float("inf")))
-        rng = np.random.default_rng([config.seed, step])
-        log.info("resuming from step %d", step)
-    bce = torch.nn.BCEWithLogitsLoss()
-    metrics_path = out / "metrics.csv"
-    new_file = not metrics_path.exists()
-    started = time.monotonic()
-    from tqdm import tqdm
+    """Train (or resume) the run in `config.out`; returns its model.pt (the best validated)."""
+    return Trainer(config).run()
 
-    with open(metrics_path, "a", newline="") as metrics_file:
-        writer = csv.writer(metrics_file)
-        if new_file:
-            writer.writerow(["step", "reconstruction", "generator_adversarial", "discriminator", "samples_per_s",
-                             "val_reconstruction", "val_frc05_A"])
-        bar = tqdm(total=config.steps, initial=step, unit="step", disable=None)
-        while step < config.steps:
-            tick = time.monotonic()
-            indices = rng.choice(train_idx, config.batch_size, replace=False)
-            batch = data.batch(indices, device, config.consistency)
+
+class Trainer:
+    """One training run: data and split, networks and optimisers (resumed from the checkpoint
+    when there is one), then steps with validation, export and checkpoints."""
+
+    METRICS = ["step", "reconstruction", "generator_adversarial", "discriminator", "samples_per_s",
+               "val_reconstruction", "val_frc05_A"]
+
+    def __init__(self, config: TrainConfig):
+        self.config, self.out = config, Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                                   "cpu" if config.device == "auto" else config.device)
+        self.data = data = TripletData(config.datasets, config.sidecars)
+        self.train_idx, self.val_idx = self._split()
+        self.engine_val = engine_frc(data, self.val_idx)
+        log.info("validation: the engine alone scores FRC0.5 %.2f Å on %d samples", self.engine_val, len(self.val_idx))
+        self.generator = build_generator(config).to(self.device)
+        self.discriminator = PatchDiscriminator(len(INPUT_CHANNELS), layers=config.patch_layers).to(self.device)
+        betas = (config.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), config.learning_rate, betas=betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), config.learning_rate, betas=betas)
+        self.weights = torch.as_tensor(ring_weights(data.target[self.train_idx[:256]]), device=self.device)
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.bce = torch.nn.BCEWithLogitsLoss()
+        self.step, self.best_frc = 0, float("inf")
+        self.checkpoint = self.out / "checkpoint.pt"
+        self.identity = config.model_dump_json(exclude={"steps", "max_minutes", "out"})
+        self._start_or_resume()
+
+    def _split(self) -> tuple[np.ndarray, np.ndarray]:
+        config, protein = self.config, self.data.protein
+        unknown = set(config.validation_proteins) - set(protein)
+        if unknown:
+            raise SimedError(f"validation proteins not in the datasets: {sorted(unknown)}")
+        train_idx = np.flatnonzero(~np.isin(protein, config.validation_proteins))
+        val_idx = np.flatnonzero(np.isin(protein, config.validation_proteins))
+        if not len(train_idx) or not len(val_idx):
+            raise SimedError("the split leaves no training or no validation samples")
+        return train_idx, self.rng.permutation(val_idx)[: config.validation_samples]
+
+    def _start_or_resume(self) -> None:
+        config, device = self.config, self.device
+        if config.init_generator and not self.checkpoint.exists():
+            self.generator.load_state_dict(torch.load(config.init_generator, map_location=device, weights_only=True))
+            log.info("generator initialised from %s", config.init_generator)
+        if not self.checkpoint.exists():
+            return
+        state = torch.load(self.checkpoint, map_location=device, weights_only=True)
+        if state["identity"] != self.identity:
+            raise SimedError(f"{self.checkpoint} belongs to another configuration; use another `out`")
+        for name in ("generator", "discriminator", "opt_g", "opt_d"):
+            getattr(self, name).load_state_dict(state[name])
+        self.step = int(state["step"])
+        self.best_frc = float(state.get("best_val_frc05_A", float("inf")))
+        self.rng = np.random.default_rng([config.seed, self.step])
+        log.info("resuming from step %d", self.step)
+
+    def run(self) -> Path:
+        from tqdm import tqdm
+
+        config, metrics_path = self.config, self.out / "metrics.csv"
+        new_file, started = not metrics_path.exists(), time.monotonic()
+        with open(metrics_path, "a", newline="") as metrics_file:
+            writer = csv.writer(metrics_file)
+            if new_file:
+                writer.writerow(self.METRICS)
+            bar = tqdm(total=config.steps, initial=self.step, unit="step", disable=None)
+            while self.step < config.steps:
+                tick = time.monotonic()
+                losses = self.train_step()
+                bar.update()
+                row = [self.step, *losses, f"{config.batch_size / max(time.monotonic() - tick, 1e-9):.1f}", "", ""]
+                out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+                if self.step % config.checkpoint_every == 0 or self.step == config.steps or out_of_time:
+                    row[5:] = self.validate_and_save(time.monotonic() - started)
+                    bar.set_postfix(val_frc05_A=row[6])
+                if self.step % config.sample_every == 0:
+                    write_samples(self.out / f"samples-{self.step:06d}.png", self.generator, self.data,
+                                  self.val_idx[:4], config, self.device)
+                writer.writerow(row)
+                metrics_file.flush()
+                if out_of_time:
+                    log.info("max_minutes reached at step %d; rerun to continue", self.step)
+                    break
+            bar.close()
+        return self.out / "model.pt"
+
+    def train_step(self) -> list[str]:
+        """One step (discriminator first when λ > 0); returns the losses as the CSV writes them."""
+        config, device, amp = self.config, self.device, self.amp
+        batch = self.data.batch(self.rng.choice(self.train_idx, config.batch_size, replace=False), device,
+                                config.consistency)
+        with torch.autocast(device.type, enabled=amp):
+            output = self.generator(batch["inputs"])
+        if config.consistency:
+            output = data_consistency(output.float(), batch["amplitude"], batch["known"], self.data.geometry.grid_px)
+        loss_d = loss_adv = torch.zeros((), device=device)
+        if config.lambda_adversarial > 0:  # discriminator: real (inputs, target) against fake (inputs, output)
             with torch.autocast(device.type, enabled=amp):
-                output = generator(batch["inputs"])
-            if config.consistency:
-                output = data_consistency(output.float(), batch["amplitude"], batch["known"], data.geometry.grid_px)
-            adversarial = config.lambda_adversarial > 0  # λ = 0: reconstruction only (an ablation)
-            loss_d = loss_adv = torch.zeros((), device=device)
-            if adversarial:  # discriminator: real (inputs, target) against fake (inputs, output)
-                with torch.autocast(device.type, enabled=amp):
-                    real = discriminator(batch["inputs"], batch["target"])
-                    fake = discriminator(batch["inputs"], output.detach())
-                    loss_d = 0.5 * (bce(real, torch.ones_like(real)) + bce(fake, torch.zeros_like(fake)))
-                opt_d.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward()
-                scaler.step(opt_d)
-                # generator: reconstruction + λ adversarial
-                with torch.autocast(device.type, enabled=amp):
-                    judged = discriminator(batch["inputs"], output)
-                    loss_adv = bce(judged, torch.ones_like(judged))
-            loss_rec = whitened_mse(output, batch["target"], weights)
-            loss_g = loss_rec + config.lambda_adversarial * loss_adv
-            opt_g.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
-            scaler.step(opt_g)
-            scaler.update()
-            step += 1
-            bar.update()
-            rate = config.batch_size / max(time.monotonic() - tick, 1e-9)
-            row = [step, f"{loss_rec.item():.5g}", f"{loss_adv.item():.4g}", f"{loss_d.item():.4g}", f"{rate:.1f}", "", ""]
-            out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
-                val_loss, val_frc = validate(generator, data, val_idx, config, device, weights)
-                row[5:] = [f"{val_loss:.5g}", f"{val_frc:.3f}"]
-                bar.set_postfix(val_frc05_A=f"{val_frc:.2f}")
-                if val_frc < best_frc:  # model.pt is the best validated so far: GAN training can collapse
-                    best_frc = val_frc
-                    export_model(out, generator, config, data, step, val_frc, time.monotonic() - started, engine_val)
-                save_checkpoint(checkpoint, generator, discriminator, opt_g, opt_d, step, identity, best_frc)
-            if step % config.sample_every == 0:
-                write_samples(out / f"samples-{step:06d}.png", generator, data, val_idx[:4], config, device)
-            writer.writerow(row)
-            metrics_file.flush()
-            if out_of_time:
-                log.info("max_minutes reached at step %d; rerun to continue", step)
-                break
-        bar.close()
-    return out / "model.pt"
+                real = self.discriminator(batch["inputs"], batch["target"])
+                fake = self.discriminator(batch["inputs"], output.detach())
+                loss_d = 0.5 * (self.bce(real, torch.ones_like(real)) + self.bce(fake, torch.zeros_like(fake)))
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_d).backward()
+            self.scaler.step(self.opt_d)
+            with torch.autocast(device.type, enabled=amp):  # generator: reconstruction + λ adversarial
+                judged = self.discriminator(batch["inputs"], output)
+                loss_adv = self.bce(judged, torch.ones_like(judged))
+        loss_rec = whitened_mse(output, batch["target"], self.weights)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_rec + config.lambda_adversarial * loss_adv).backward()
+        self.scaler.step(self.opt_g)
+        self.scaler.update()
+        self.step += 1
+        return [f"{loss_rec.item():.5g}", f"{loss_adv.item():.4g}", f"{loss_d.item():.4g}"]
+
+    def validate_and_save(self, seconds: float) -> list[str]:
+        """Validate; export when best (model.pt is the best validated: GAN training can collapse); checkpoint."""
+        val_loss, val_frc = validate(self.generator, self.data, self.val_idx, self.config, self.device, self.weights)
+        if val_frc < self.best_frc:
+            self.best_frc = val_frc
+            export_model(self.out, self.generator, self.config, self.data, self.step, val_frc, seconds, self.engine_val)
+        save_checkpoint(self.checkpoint, self.generator, self.discriminator, self.opt_g, self.opt_d, self.step,
+                        self.identity, self.best_frc)
+        return [f"{val_loss:.5g}", f"{val_frc:.3f}"]
 
 
 @torch.no_grad()
