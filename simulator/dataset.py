@@ -37,6 +37,9 @@ DEFOCUS_CONVENTION = (
     "cell_height/2 above abTEM's reference plane (the exit plane); abTEM was given defocus + cell_height/2"
 )
 _ORIENTATION_STREAM, _DEFOCUS_STREAM, _NOISE_STREAM = 0, 1, 2
+# How counts are drawn from a sample's noise stream: part of the fingerprint, so a file begun
+# with another sampler is not resumed with this one.
+NOISE_SAMPLER = "poisson inverse CDF, one uniform per pixel; diffraction and image from spawned streams 0 and 1"
 _COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
 
 
@@ -84,6 +87,7 @@ def plan_dataset(request: DatasetRequest) -> _Plan:
         "seed": request.seed,
         "orientations": request.orientations,
         "structures": [(s.name, s.source_sha256, s.chain) for s in structures],
+        "noise": NOISE_SAMPLER,
     }
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return _Plan(structures, np.concatenate(quaternions), np.concatenate(defocus), np.concatenate(protein_id), fingerprint)
@@ -192,7 +196,7 @@ def _open_or_create(request: DatasetRequest, plan: _Plan) -> list[int]:
             with h5py.File(out, "r") as f:
                 if f.attrs.get("fingerprint") != plan.fingerprint:
                     raise SimedError(
-                        f"{out} exists but was made with other settings, structures or seed; "
+                        f"{out} exists but was made with other settings, structures, seed or noise sampler; "
                         "remove it or choose another --out (nothing was changed)"
                     )
                 return [int(i) for i in np.flatnonzero(~f["done"][:])]
@@ -263,5 +267,6 @@ def _create(path: Path, request: DatasetRequest, plan: _Plan) -> None:
             target_snr=lr.target_snr,
             snr_band_A=np.array(lr.snr_band_A),
             potential_units="projected potential, V·Å",
+            noise_sampler=NOISE_SAMPLER,
         )
     tmp.replace(path)
