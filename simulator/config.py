@@ -11,6 +11,8 @@ The paper's "-50 Å" and "-1000 Å" are used as they were passed to abTEM, i.e. 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import Field, model_validator
@@ -130,6 +132,11 @@ def electron_wavelength_A(energy_eV: float) -> float:
     c = 299792458.0
     momentum = math.sqrt(2 * m0 * e * energy_eV * (1 + e * energy_eV / (2 * m0 * c**2)))
     return h / momentum * 1e10
+
+
+def cache_root() -> Path:
+    """Folder of the caches that can be rebuilt (structures, FFT plans): `$SIMED_CACHE_DIR`."""
+    return Path(os.environ.get("SIMED_CACHE_DIR", Path.home() / ".cache" / "simed"))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -4,6 +4,9 @@ Samples are laid out protein-major (sample = protein_index * orientations + orie
 Every random draw comes from a seed sequence keyed by (seed, protein index, orientation index),
 so a sample's content does not depend on which worker made it or in which order; the same
 arguments give the same file contents, and an interrupted run resumes where it stopped.
+Bit for bit across processes and runs on one machine, because every process uses the machine's
+shared FFT plans (`simulator.fft_plans`) and noise is drawn by inverting the Poisson CDF, one
+uniform per pixel (`simulator.physics.poisson_counts`), which float rounding cannot shift.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ class DatasetRequest:
     out: Path
     config: SimulationConfig
     workers: int = 1
-    cache_dir: Path | None = None
+    cache_dir: Path | None = None  # prepared structures (default $SIMED_CACHE_DIR/structures)
+    plan_dir: Path | None = None  # FFT plans (default $SIMED_CACHE_DIR/fftw)
     progress: bool = True
 
 
@@ -126,13 +130,13 @@ def _run(tasks: list[tuple], request: DatasetRequest, plan: _Plan, out: h5py.Fil
     last_flush = time.monotonic()
     try:
         if request.workers <= 1:
-            _init_worker(request.config, plan.structures)
+            _init_worker(request.config, plan.structures, request.plan_dir)
             results = map(_work, tasks)
             _drain(results, out, bar, last_flush)
         else:
             context = multiprocessing.get_context("spawn")  # abTEM/numba state is not fork-safe
             with ProcessPoolExecutor(request.workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(request.config, plan.structures)) as pool:
+                                     initargs=(request.config, plan.structures, request.plan_dir)) as pool:
                 _drain(pool.map(_work, tasks), out, bar, last_flush)
     except KeyboardInterrupt:
         out.flush()
@@ -173,10 +177,12 @@ def _write_sample(out: h5py.File, index: int, result: OrientationResult) -> None
 _WORKER: dict = {}
 
 
-def _init_worker(config: SimulationConfig, structures: list[PreparedStructure]) -> None:
+def _init_worker(config: SimulationConfig, structures: list[PreparedStructure], plan_dir: Path | None) -> None:
+    from simulator.fft_plans import use_shared_plans
     from simulator.physics import configure_abtem
 
     configure_abtem()
+    use_shared_plans(config, plan_dir)
     _WORKER.update(config=config, structures=structures)
 
 
