@@ -157,3 +157,11 @@ def test_poisson_counts_do_not_shift_with_the_rounding_of_the_means():
     assert changed.sum() <= 100  # expected ~33 (sum of the mean changes)
     assert np.abs(counts - perturbed).max() <= 1
 
+
+@pytest.mark.parametrize("energy_eV", [60e3, 80e3, 120e3, 200e3, 300e3])
+def test_wavelength_is_abtems_to_the_last_bit(energy_eV):
+    from abtem.core.energy import energy2wavelength
+
+    from simulator.config import electron_wavelength_A
+
+    assert electron_wavelength_A(energy_eV) == energy2wavelength(energy_eV)
