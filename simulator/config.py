@@ -11,8 +11,12 @@ The paper's "-50 Å" and "-1000 Å" are used as they were passed to abTEM, i.e. 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any, Literal, Optional
 
+import numpy as np
+from ase import units
 from pydantic import Field, model_validator
 
 from simed_stream.config import StrictModel, deep_merge, read_yaml_mapping, validate_config
@@ -123,13 +127,21 @@ class SimulationConfig(StrictModel):
 
 
 def electron_wavelength_A(energy_eV: float) -> float:
-    """Relativistic electron wavelength in Å."""
-    h = 6.62607015e-34
-    m0 = 9.1093837015e-31
-    e = 1.602176634e-19
-    c = 299792458.0
-    momentum = math.sqrt(2 * m0 * e * energy_eV * (1 + e * energy_eV / (2 * m0 * c**2)))
-    return h / momentum * 1e10
+    """Relativistic electron wavelength in Å, as abTEM computes it.
+
+    abTEM's own `abtem.core.energy.energy2wavelength`, written out with the same constants
+    (`ase.units`) so that it is equal to the last bit (tested) without importing abTEM: that
+    import costs ~3 s, and the parent process of `simed simulate dataset` never needs abTEM.
+    """
+    if energy_eV <= 0:
+        raise ValueError(f"electron energy must be positive, got {energy_eV} eV")
+    return float(units._hplanck * units._c / np.sqrt(energy_eV * (2 * units._me * units._c**2 / units._e + energy_eV))
+                 / units._e * 1.0e10)
+
+
+def cache_root() -> Path:
+    """Folder of the caches that can be rebuilt (structures, FFT plans): `$SIMED_CACHE_DIR`."""
+    return Path(os.environ.get("SIMED_CACHE_DIR", Path.home() / ".cache" / "simed"))
 
 
 PRESETS: dict[str, dict[str, Any]] = {

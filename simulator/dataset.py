@@ -4,6 +4,9 @@ Samples are laid out protein-major (sample = protein_index * orientations + orie
 Every random draw comes from a seed sequence keyed by (seed, protein index, orientation index),
 so a sample's content does not depend on which worker made it or in which order; the same
 arguments give the same file contents, and an interrupted run resumes where it stopped.
+Bit for bit across processes and runs on one machine, because every process uses the machine's
+shared FFT plans (`simulator.fft_plans`) and noise is drawn by inverting the Poisson CDF, one
+uniform per pixel (`simulator.physics.poisson_counts`), which float rounding cannot shift.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ DEFOCUS_CONVENTION = (
     "cell_height/2 above abTEM's reference plane (the exit plane); abTEM was given defocus + cell_height/2"
 )
 _ORIENTATION_STREAM, _DEFOCUS_STREAM, _NOISE_STREAM = 0, 1, 2
+# How counts are drawn from a sample's noise stream: part of the fingerprint, so a file begun
+# with another sampler is not resumed with this one.
+NOISE_SAMPLER = "poisson inverse CDF, one uniform per pixel; diffraction and image from spawned streams 0 and 1"
 _COMPRESSION = dict(compression="gzip", compression_opts=4, shuffle=True, track_times=False)
 
 
@@ -48,7 +54,8 @@ class DatasetRequest:
     out: Path
     config: SimulationConfig
     workers: int = 1
-    cache_dir: Path | None = None
+    cache_dir: Path | None = None  # prepared structures (default $SIMED_CACHE_DIR/structures)
+    plan_dir: Path | None = None  # FFT plans (default $SIMED_CACHE_DIR/fftw)
     progress: bool = True
 
 
@@ -84,6 +91,7 @@ def plan_dataset(request: DatasetRequest) -> _Plan:
         "seed": request.seed,
         "orientations": request.orientations,
         "structures": [(s.name, s.source_sha256, s.chain) for s in structures],
+        "noise": NOISE_SAMPLER,
     }
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return _Plan(structures, np.concatenate(quaternions), np.concatenate(defocus), np.concatenate(protein_id), fingerprint)
@@ -122,13 +130,13 @@ def _run(tasks: list[tuple], request: DatasetRequest, plan: _Plan, out: h5py.Fil
     last_flush = time.monotonic()
     try:
         if request.workers <= 1:
-            _init_worker(request.config, plan.structures)
+            _init_worker(request.config, plan.structures, request.plan_dir)
             results = map(_work, tasks)
             _drain(results, out, bar, last_flush)
         else:
             context = multiprocessing.get_context("spawn")  # abTEM/numba state is not fork-safe
             with ProcessPoolExecutor(request.workers, mp_context=context, initializer=_init_worker,
-                                     initargs=(request.config, plan.structures)) as pool:
+                                     initargs=(request.config, plan.structures, request.plan_dir)) as pool:
                 _drain(pool.map(_work, tasks), out, bar, last_flush)
     except KeyboardInterrupt:
         out.flush()
@@ -169,10 +177,12 @@ def _write_sample(out: h5py.File, index: int, result: OrientationResult) -> None
 _WORKER: dict = {}
 
 
-def _init_worker(config: SimulationConfig, structures: list[PreparedStructure]) -> None:
+def _init_worker(config: SimulationConfig, structures: list[PreparedStructure], plan_dir: Path | None) -> None:
+    from simulator.fft_plans import use_shared_plans
     from simulator.physics import configure_abtem
 
     configure_abtem()
+    use_shared_plans(config, plan_dir)
     _WORKER.update(config=config, structures=structures)
 
 
@@ -192,7 +202,7 @@ def _open_or_create(request: DatasetRequest, plan: _Plan) -> list[int]:
             with h5py.File(out, "r") as f:
                 if f.attrs.get("fingerprint") != plan.fingerprint:
                     raise SimedError(
-                        f"{out} exists but was made with other settings, structures or seed; "
+                        f"{out} exists but was made with other settings, structures, seed or noise sampler; "
                         "remove it or choose another --out (nothing was changed)"
                     )
                 return [int(i) for i in np.flatnonzero(~f["done"][:])]
@@ -263,5 +273,6 @@ def _create(path: Path, request: DatasetRequest, plan: _Plan) -> None:
             target_snr=lr.target_snr,
             snr_band_A=np.array(lr.snr_band_A),
             potential_units="projected potential, V·Å",
+            noise_sampler=NOISE_SAMPLER,
         )
     tmp.replace(path)

@@ -12,6 +12,8 @@ configured parametrisation (Lobato by default), a plane wave, multislice to the 
   aperture (its quadratic terms) and the low-res image must carry nothing beyond the cutoff.
 - `image_lr`: `image_lr_clean` with Poisson noise at the dose that gives the target spectral SNR
   in the SNR band, divided by the electrons per pixel (so it stays in units of the clean image).
+  Counts are drawn by `poisson_counts`, one uniform per pixel, so that float rounding of the
+  means cannot shift the random stream (see there).
 - `potential`: projected potential (abTEM units, V·Å), no CTF.
 
 Defocus: abTEM's convention, `defocus = -C10`, positive = underfocus; abTEM applies it at its
@@ -113,9 +115,10 @@ def simulate_orientation(structure: PreparedStructure, quaternion: np.ndarray, c
     diffraction = np.asarray(
         wave.diffraction_patterns(max_angle=config.max_angle_mrad, block_direct=False).array, dtype=np.float64
     )
+    diffraction_rng, image_rng = rng.spawn(2)  # each noise has its own stream of the sample's seed
     if config.diffraction_dose_e_per_A2 is not None:
         electrons = config.diffraction_dose_e_per_A2 * config.box_A**2
-        diffraction = rng.poisson(diffraction * electrons) / electrons
+        diffraction = poisson_counts(diffraction * electrons, diffraction_rng) / electrons
 
     hr = ctf_intensity(wave, config, config.image_hr.defocus_A, height, config.image_hr.Cs_A,
                        config.image_hr.semiangle_cutoff_mrad)
@@ -130,7 +133,7 @@ def simulate_orientation(structure: PreparedStructure, quaternion: np.ndarray, c
     )
     dose = dose_for_snr(lr_clean, config.image_pixel_A, lr_params.snr_band_A, lr_params.target_snr)
     electrons_per_pixel = dose * config.image_pixel_A**2
-    counts = rng.poisson(np.clip(lr_clean, 0.0, None) * electrons_per_pixel)
+    counts = poisson_counts(np.clip(lr_clean, 0.0, None) * electrons_per_pixel, image_rng)
     snr = spectral_snr(lr_clean * electrons_per_pixel, counts, config.image_pixel_A, lr_params.snr_band_A)
     return OrientationResult(
         diffraction=diffraction.astype(np.float32),
@@ -141,6 +144,38 @@ def simulate_orientation(structure: PreparedStructure, quaternion: np.ndarray, c
         dose_e_per_A2=float(dose),
         snr_measured=float(snr),
     )
+
+
+def poisson_counts(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson counts of the given means, one uniform of `rng` per pixel, by inverting the CDF.
+
+    numpy's sampler draws means ≥ 10 by rejection and so consumes a varying number of random
+    numbers: a change of 1e-6 in one mean (FFT rounding) can change how many a pixel uses and
+    shift the stream for the following pixels. Here pixel i always uses the i-th uniform u and
+    gets the smallest k with CDF(k) ≥ u, so a change δ in a mean changes that pixel's count, by
+    one, only when u lies within ~δ·pmf of a step of the CDF: a fraction ~δ of the pixels.
+
+    k starts from the Cornish-Fisher estimate of the quantile (one `pdtr` call for its CDF) and
+    then steps to the exact quantile with the pmf recurrence, usually in one or two steps.
+    """
+    from scipy.special import gammaln, ndtri, pdtr, xlogy
+
+    mean = np.asarray(mean, dtype=np.float64)
+    u = rng.random(mean.shape)
+    z = np.clip(ndtri(u), -9.0, 9.0)  # u = 0 gives -inf; beyond ±9σ the steps below finish the job
+    k = np.floor(np.clip(mean + np.sqrt(mean) * z + (z * z - 1.0) / 6.0, 0.0, None))
+    k[mean == 0] = 0.0
+    cdf = pdtr(k, mean)
+    pmf = np.exp(xlogy(k, mean) - mean - gammaln(k + 1.0))
+    while (up := cdf < u).any():  # too low: k + 1
+        k += up
+        pmf = np.where(up, pmf * mean / np.maximum(k, 1.0), pmf)
+        cdf = np.where(up, cdf + pmf, cdf)
+    while (down := (k > 0) & (cdf - pmf >= u)).any():  # CDF(k - 1) already reaches u: k - 1
+        cdf = np.where(down, cdf - pmf, cdf)
+        pmf = np.where(down, pmf * k / np.where(down, mean, 1.0), pmf)
+        k -= down
+    return k
 
 
 def to_image_grid(image: np.ndarray, config: SimulationConfig) -> np.ndarray:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from simed_stream.errors import StructureError
-from simulator.config import StructureOptions
+from simulator.config import StructureOptions, cache_root
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class PreparedStructure:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SIMED_CACHE_DIR", Path.home() / ".cache" / "simed")) / "structures"
+    return cache_root() / "structures"
 
 
 def load_structure(path: str | Path, options: StructureOptions = StructureOptions(),

@@ -1,5 +1,7 @@
 """`simed simulate dataset`: layout, reproducibility, resuming and options, on a cheap geometry."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -110,3 +112,52 @@ def test_cli_with_two_worker_processes_matches_in_process_run(tmp_path):
     from_cli, _ = _contents(out)
     for name in ARRAYS:
         np.testing.assert_array_equal(from_cli[name], in_process[name], err_msg=name)
+
+
+def test_two_processes_with_the_same_seed_write_identical_files(tmp_path):
+    """The real command twice, each in a fresh interpreter: every array and attribute bit for bit.
+
+    The second run has two workers, and its abTEM is configured (through ABTEM_CONFIG, as a user
+    may) to plan FFTs with FFTW_ESTIMATE, so its planner would choose other algorithms than the
+    first run's measurement did -- as a process measuring under other load may. Both runs must
+    take the machine's shared plans (`simulator.fft_plans`) instead.
+    """
+    abtem_config = tmp_path / "abtem-config"
+    abtem_config.mkdir()
+    (abtem_config / "abtem.yaml").write_text("fftw:\n  planning_effort: FFTW_ESTIMATE\n")
+    files = []
+    for workers, env in ((1, {}), (2, {"ABTEM_CONFIG": str(abtem_config)})):
+        out = tmp_path / f"workers{workers}.h5"
+        command = [sys.executable, "-m", "simed_stream.cli", "-q", "simulate", "dataset", "--preset", "cpu",
+                   "--pdb", str(BPTI), "--orientations", "2", "--seed", "5", "--out", str(out),
+                   "--workers", str(workers)]
+        result = subprocess.run(command, capture_output=True, text=True, env=os.environ | env)
+        assert result.returncode == 0, result.stderr
+        files.append(out)
+    with h5py.File(files[0]) as first, h5py.File(files[1]) as second:
+        assert sorted(first) == sorted(second) and "diffraction" in first
+        for name in first:
+            assert np.array_equal(first[name][()], second[name][()]), name
+        assert first.attrs.keys() == second.attrs.keys()
+        for key in first.attrs:
+            np.testing.assert_array_equal(first.attrs[key], second.attrs[key], err_msg=key)
+        assert first["image_lr"][0].std() > 0.1 * first["image_lr_clean"][0].std()  # noise is in the comparison
+
+
+def test_fft_plans_are_measured_once_and_an_unusable_plan_file_is_replaced(tmp_path, monkeypatch):
+    from simulator import fft_plans
+    from simulator.physics import configure_abtem
+
+    configure_abtem()
+    config = small_config()
+    path = fft_plans.use_shared_plans(config, tmp_path)
+    assert path == fft_plans.plan_file(config, tmp_path) and path.parent == tmp_path
+    kept = json.loads(path.read_text())
+    assert kept["identity"]["gpts"] == 144 and "fftwf_wisdom" in kept["wisdom"][1]
+    measure = fft_plans._measure
+    monkeypatch.setattr(fft_plans, "_measure", lambda config: pytest.fail("measured although the plans were kept"))
+    assert fft_plans.use_shared_plans(config, tmp_path) == path
+    path.write_text("{truncated")
+    monkeypatch.setattr(fft_plans, "_measure", measure)
+    fft_plans.use_shared_plans(config, tmp_path)
+    assert json.loads(path.read_text())["identity"] == kept["identity"]

@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from simulator.physics import configure_abtem, ctf_intensity, exit_wave
+from simulator.physics import configure_abtem, ctf_intensity, exit_wave, poisson_counts
 
 from conftest import radial_frequency, small_config
 
@@ -125,3 +125,43 @@ def test_diffraction_amplitude_matches_the_projected_potential_spectrum(physics_
         spectrum = spectrum[n // 2 - side // 2 : n // 2 + side // 2 + 1, n // 2 - side // 2 : n // 2 + side // 2 + 1]
         assert np.corrcoef(np.sqrt(pattern[ring]), spectrum[ring])[0, 1] > 0.9
         assert abs(pattern.sum() - 1) < 1e-3  # normalised to the incident beam
+
+
+def test_poisson_counts_invert_the_cdf_of_one_uniform_per_pixel():
+    from scipy.stats import poisson
+
+    rng = np.random.default_rng(0)
+    mean = np.concatenate([rng.uniform(0, 0.05, 4000), rng.uniform(0, 3, 4000), rng.uniform(3, 300, 4000),
+                           rng.uniform(1e3, 1e6, 400), [0.0, 1e-300, 1e-9]])  # small means: the guess is too high
+    counts = poisson_counts(mean, np.random.default_rng(1))
+    uniforms = np.random.default_rng(1).random(mean.size)
+    np.testing.assert_array_equal(counts, np.maximum(poisson.ppf(uniforms, mean), 0))
+
+
+@pytest.mark.parametrize("mean", [0.05, 2.5, 37.0, 400.0, 2e5])
+def test_poisson_counts_have_poisson_mean_and_variance(mean):
+    n = 200_000
+    counts = poisson_counts(np.full(n, mean), np.random.default_rng(int(mean * 100)))
+    assert abs(counts.mean() - mean) < 5 * np.sqrt(mean / n)
+    assert abs(counts.var() - mean) < 5 * np.sqrt((mean + 2 * mean**2) / n)  # standard error of a variance
+
+
+def test_poisson_counts_do_not_shift_with_the_rounding_of_the_means():
+    """A 1e-6 change of every mean (what other FFT rounding gives) changes a count, by one, in a
+    fraction ~1e-6·mean of the pixels; numpy's rejection sampler, which this replaces, shifted its
+    stream so that runs of following pixels changed by up to half the range."""
+    mean = np.random.default_rng(2).uniform(50, 200, (512, 512))
+    counts = poisson_counts(mean, np.random.default_rng(3))
+    perturbed = poisson_counts(mean * (1 + 1e-6), np.random.default_rng(3))
+    changed = counts != perturbed
+    assert changed.sum() <= 100  # expected ~33 (sum of the mean changes)
+    assert np.abs(counts - perturbed).max() <= 1
+
+
+@pytest.mark.parametrize("energy_eV", [60e3, 80e3, 120e3, 200e3, 300e3])
+def test_wavelength_is_abtems_to_the_last_bit(energy_eV):
+    from abtem.core.energy import energy2wavelength
+
+    from simulator.config import electron_wavelength_A
+
+    assert electron_wavelength_A(energy_eV) == energy2wavelength(energy_eV)
