@@ -22,6 +22,7 @@ import numpy as np
 from simed_stream.arrays import crop_around
 from simed_stream.errors import SimedError
 from simed_stream.kernels import apply_pixel_mask
+from simed_stream.optics import electron_wavelength_A
 from simed_stream.phasing.classical import Geometry
 from simed_stream.records import Particle, PositionSum
 
@@ -65,23 +66,12 @@ class ScanCalibration:
             problems.append(f"diffraction sampling {self.mrad_per_px:.4g} mrad/px vs the model's {model_mrad:.4g}")
         if abs(self.overview_pixel_A / geometry.image_pixel_A - 1) > tolerance:
             problems.append(f"overview pixel {self.overview_pixel_A:.4g} Å vs the model's {geometry.image_pixel_A:.4g} Å")
-        if abs(wavelength_A(self.energy_eV) / geometry.wavelength_A - 1) > tolerance:
+        if abs(electron_wavelength_A(self.energy_eV) / geometry.wavelength_A - 1) > tolerance:
             problems.append(f"beam energy {self.energy_eV / 1e3:.0f} keV does not give the model's wavelength "
                             f"{geometry.wavelength_A:.4g} Å")
         if problems:
             raise SimedError("the capture's calibration does not match the model: " + "; ".join(problems)
                              + ". Use a model trained for this calibration (see its model card).")
-
-
-def wavelength_A(energy_eV: float) -> float:
-    """Relativistic electron wavelength λ = hc / √(E (2 m₀c² + E)), CODATA constants.
-
-    abTEM has it too (`abtem.core.energy.energy2wavelength`; the tests compare), but importing
-    abTEM takes 4.5 s here, which every `simed run` and reprocess worker would pay."""
-    from scipy.constants import c, electron_volt, h, m_e
-
-    m0c2_eV, hc_eV_A = m_e * c**2 / electron_volt, h * c / electron_volt * 1e10
-    return float(hc_eV_A / np.sqrt(energy_eV * (2 * m0c2_eV + energy_eV)))
 
 
 def pattern_side_px(geometry: Geometry, mrad_per_px: float) -> int:

@@ -15,12 +15,11 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import numpy as np
-from ase import units
 from pydantic import Field, model_validator
 
 from simed_stream.config import StrictModel, deep_merge, read_yaml_mapping, validate_config
 from simed_stream.errors import ConfigError
+from simed_stream.optics import electron_wavelength_A
 
 
 class StructureOptions(StrictModel):
@@ -124,19 +123,6 @@ class SimulationConfig(StrictModel):
         if self.image_size_px > self.image_crop_px:
             raise ValueError("image_size_px may not exceed the simulation pixels across image_field_A (no upsampling)")
         return self
-
-
-def electron_wavelength_A(energy_eV: float) -> float:
-    """Relativistic electron wavelength in Å, as abTEM computes it.
-
-    abTEM's own `abtem.core.energy.energy2wavelength`, written out with the same constants
-    (`ase.units`) so that it is equal to the last bit (tested) without importing abTEM: that
-    import costs ~3 s, and the parent process of `simed simulate dataset` never needs abTEM.
-    """
-    if energy_eV <= 0:
-        raise ValueError(f"electron energy must be positive, got {energy_eV} eV")
-    return float(units._hplanck * units._c / np.sqrt(energy_eV * (2 * units._me * units._c**2 / units._e + energy_eV))
-                 / units._e * 1.0e10)
 
 
 def cache_root() -> Path:

@@ -162,6 +162,6 @@ def test_poisson_counts_do_not_shift_with_the_rounding_of_the_means():
 def test_wavelength_is_abtems_to_the_last_bit(energy_eV):
     from abtem.core.energy import energy2wavelength
 
-    from simulator.config import electron_wavelength_A
+    from simed_stream.optics import electron_wavelength_A
 
     assert electron_wavelength_A(energy_eV) == energy2wavelength(energy_eV)

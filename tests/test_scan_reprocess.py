@@ -24,8 +24,7 @@ import torch
 from simed_stream.cli import main
 from simed_stream.errors import SimedError
 from simed_stream.codec import compress_frame
-from simed_stream.particles import (ScanCalibration, fill_particle, match_particles, match_to_scan, pattern_side_px,
-                                    wavelength_A)
+from simed_stream.particles import (ScanCalibration, fill_particle, match_particles, match_to_scan, pattern_side_px)
 from simed_stream.records import PositionSum
 from simed_stream.phasing.classical import Geometry
 from simulator.scan import ScanSettings
@@ -253,14 +252,6 @@ def test_calibration_needs_the_optics():
         ScanCalibration.from_headers({"scan": {"nav_shape": [2, 2], "frames_per_position": 1},
                                       "detector": {"sig_shape": [8, 8]}, "optics": {"energy_eV": 2e5}},
                                      {"pixel_size_A": 1.0, "affine_scan_to_overview": [[1, 0, 0], [0, 1, 0]]})
-
-
-def test_wavelength_is_abtems():
-    from abtem.core.energy import energy2wavelength
-
-    for energy_eV in (80e3, 200e3, 300e3):
-        assert wavelength_A(energy_eV) == pytest.approx(energy2wavelength(energy_eV), rel=1e-7)
-    assert wavelength_A(200e3) == pytest.approx(0.025079, abs=1e-6)
 
 
 # ---------------------------------------------------------------- preparing particles
