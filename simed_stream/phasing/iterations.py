@@ -20,13 +20,19 @@ def project_fourier(v: torch.Tensor, t: dict, lowres_weight: float = 0.0) -> tor
     complex-by-real products in torch would promote and copy. `lowres_weight` pulls the phases
     inside the low-res band towards the low-res image's (a soft constraint)."""
     spectrum = torch.fft.rfft2(v)
-    magnitude = spectrum.abs().clamp_min_(1e-12)
-    factor = torch.addcdiv(t["passed"], t["imposed_amplitude"], magnitude)
-    torch.view_as_real(spectrum).mul_(factor.unsqueeze(-1))
+    parts = torch.view_as_real(spectrum)
+    # A·(|g|²)^(-1/2) from the real and imaginary parts: torch's complex abs is ~5× slower
+    inverse_magnitude = power(parts).clamp_min_(1e-24).rsqrt_()
+    parts.mul_(torch.addcmul(t["passed"], t["imposed_amplitude"], inverse_magnitude).unsqueeze(-1))
     if lowres_weight > 0:
         pulled = (1 - lowres_weight) * spectrum + lowres_weight * t["lowres_target"]
         spectrum = torch.where(t["lowres_imposed"], pulled, spectrum)
     return torch.fft.irfft2(spectrum, s=v.shape[-2:])
+
+
+def power(parts: torch.Tensor) -> torch.Tensor:
+    """|g|² of a spectrum given as its real view (…, 2)."""
+    return torch.addcmul(parts[..., 0] * parts[..., 0], parts[..., 1], parts[..., 1])
 
 
 def hio_step(v: torch.Tensor, support: torch.Tensor, t: dict, beta: float, lowres_weight: float = 0.0) -> torch.Tensor:
@@ -57,7 +63,7 @@ def solution(v: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 def r_factors(estimate: torch.Tensor, t: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(free R, working R) per (particle, start): Σ| |F| − A | / Σ A over the held-out and the
     imposed pixels. NaN for the free R when nothing was held out."""
-    residual = (torch.fft.rfft2(estimate).abs() - t["amplitude"]).abs()
+    residual = (power(torch.view_as_real(torch.fft.rfft2(estimate))).sqrt_() - t["amplitude"]).abs()
 
     def r(mask):
         num = torch.where(mask, residual, 0).sum(dim=(-2, -1))
