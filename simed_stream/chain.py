@@ -41,6 +41,7 @@ class SeriesResult:
     frc05_A_vs_truth: dict | None = None
     notes: list[str] = field(default_factory=list)
     accounting: dict | None = None  # the capture's frame accounting (received, missing, ...)
+    resolution_estimate_A: dict | None = None  # PRTF estimates of the phased particles: median, min, max
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -98,9 +99,10 @@ class SeriesChain:
         self.result.seconds["prepare"] += time.perf_counter() - t
         return [p for p in particles if p.flag is None]
 
-    def phase(self, batch: list[Particle]) -> None:
+    def phase(self, batch: list[Particle]) -> int:
+        """Phase a batch, write the phased ones; returns how many were phased (the rest are flagged)."""
         if not batch:
-            return
+            return 0
         phased = self.phaser(np.stack([p.diffraction for p in batch]), np.stack([p.image_lr for p in batch]))
         self.result.seconds["engine"] += phased.seconds_engine
         self.result.seconds["network"] += phased.seconds_network
@@ -118,6 +120,7 @@ class SeriesChain:
         self.result.seconds["write"] += time.perf_counter() - t
         self.phased.extend(done)
         self.result.phased += len(done)
+        return len(done)
 
     def finish(self, notes: list[str] = (), accounting: dict | None = None) -> SeriesResult:
         """Flag particles whose positions never came; score against the truth (simulated scans);
@@ -133,6 +136,10 @@ class SeriesChain:
         for particle in self.particles:
             if particle.flag:
                 result.flagged[particle.flag] = result.flagged.get(particle.flag, 0) + 1
+        estimates = [p.resolution_A for p in self.phased if np.isfinite(p.resolution_A)]
+        if estimates:
+            result.resolution_estimate_A = {"median": float(np.median(estimates)), "min": float(min(estimates)),
+                                            "max": float(max(estimates))}
         t = time.perf_counter()
         if self.truth is not None:
             from simed_stream.truth import score_against_truth

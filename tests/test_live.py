@@ -24,6 +24,7 @@ from simed_stream.cli.replay import replay_capture
 from simed_stream.live.pipeline import LivePipeline
 from simed_stream.live.settings import LiveSettings
 from simed_stream.live.status import status_line
+from simed_stream.stack import read_stack
 from simulator.detector import FakeDetector, FaultPlan, capture_series
 
 from conftest import run_with_deadline
@@ -347,7 +348,14 @@ def test_status_while_running_and_after(scan, phaser, tmp_path):
     assert final["pipeline"]["particles_flagged"] == sum(result.flagged.values())
     assert final["pipeline"]["series_open"] == 0 and final["pipeline"]["cached_bytes"] == 0
     assert final["series"] == [{"series_id": "scan", "status": "phased", "picks": result.picks,
-                                "phased": result.phased, "flagged": sum(result.flagged.values())}]
+                                "phased": result.phased, "flagged": sum(result.flagged.values()),
+                                "resolution_estimate_A": result.resolution_estimate_A}]
+    # the PRTF estimates of the phased particles (no truth needed), as the STAR holds them
+    star, _ = read_stack(tmp_path / "out" / "scan")
+    estimates = star["particles"]["simedResolutionEstimateA"].astype(float)
+    assert result.resolution_estimate_A == {"median": pytest.approx(float(np.median(estimates))),
+                                            "min": pytest.approx(float(estimates.min())),
+                                            "max": pytest.approx(float(estimates.max()))}
     # while the series was open, its accounting showed the first message's frames, and only those
     partial = [s for s in statuses[:-1] if s["open_series"].get("scan", {}).get("received") == first_message]
     assert partial, [s["open_series"] for s in statuses]

@@ -62,8 +62,8 @@ class PhasingThread:
                 self._failed(task, error)
 
     def _phase(self, task: PhaseBatch) -> None:
-        task.chain.phase(task.particles)
-        self.counters.add(particles_phased=len(task.particles))
+        phased = task.chain.phase(task.particles)
+        self.counters.add(particles_phased=phased)
         self._latency_s[id(task.chain)] = time.monotonic() - task.overview_arrived_s
 
     def _finish(self, task: FinishSeries) -> None:

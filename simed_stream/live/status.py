@@ -59,7 +59,8 @@ def live_status(receiver_status: dict, closed_accounting: list[dict], counters: 
     with counters.lock:
         pipeline = dict(counters.values, **pipeline_extra)
         series = [{"series_id": r.series_id, "status": r.status, "picks": r.picks, "phased": r.phased,
-                   "flagged": sum(r.flagged.values())} for r in counters.results[-_RESULTS_SHOWN:]]
+                   "flagged": sum(r.flagged.values()), "resolution_estimate_A": r.resolution_estimate_A}
+                  for r in counters.results[-_RESULTS_SHOWN:]]
         errors = counters.errors[-_ERRORS_SHOWN:]
     now = time.time()
     return {"time_unix_s": round(now, 3), "uptime_s": round(now - started_unix_s, 1),
