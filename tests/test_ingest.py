@@ -17,6 +17,7 @@ import zmq
 
 from simed_stream.capture import MISSING, RECEIVED, REJECTED, CaptureReader
 from simed_stream.ingest import Receiver, ReceiverListener, ReceiverSettings
+from simed_stream.ingest.stages import STAGES
 from simed_stream.protocol import encode_header
 from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
 
@@ -102,6 +103,8 @@ def test_clean_stream_is_captured_losslessly(tmp_path):
         assert plane[1, 1] == pytest.approx(3 / 7, abs=0.1)  # x drift per scan column
         assert "overviews/0" in f and f.attrs["end_status"] == "complete"
     assert status["msg_seq_gaps"] == 0 and status["rejected_messages"] == 0
+    spent = status["cpu_us_per_frame"]  # every stage ran on the clock, and took some CPU
+    assert set(spent) == set(STAGES) and all(spent[stage] > 0 for stage in STAGES if stage != "copy"), spent
 
 
 @pytest.mark.parametrize("fault", ["drop", "source_drop", "reorder", "duplicate", "truncate", "garbage",

@@ -26,6 +26,7 @@ from simed_stream.capture import add_late_overview
 from simed_stream.files import unique_path
 from simed_stream.ingest.series import OpenSeries, SeriesSummary
 from simed_stream.ingest.settings import ReceiverSettings
+from simed_stream.ingest.stages import StageClock
 from simed_stream.ingest.telemetry import IngestTelemetry
 from simed_stream.ingest.wire import Received, Wire
 from simed_stream.protocol import Frames, Heartbeat, OverviewImage, ProtocolError, SeriesEnd, SeriesStart
@@ -60,7 +61,8 @@ class Receiver:
         self.listener = listener or ReceiverListener()
         settings.capture_dir.mkdir(parents=True, exist_ok=True)
         self.telemetry = IngestTelemetry()
-        self.wire = Wire(settings)
+        self.stages = StageClock()
+        self.wire = Wire(settings, self.stages)
         self._series: dict[str, OpenSeries] = {}
         self.closed: list[SeriesSummary] = []
         self._closed_ids: set[str] = set()
@@ -110,8 +112,10 @@ class Receiver:
         with self._lock:
             open_series = {sid: s.accounting.as_dict() for sid, s in self._series.items()}
             closed = [s.series_id for s in self.closed]
-        return dict(self.telemetry.snapshot(), queue_depth=self.wire.queue.qsize(),
-                    queue_capacity=self.settings.queue_messages, open_series=open_series, closed_series=closed)
+        telemetry = self.telemetry.snapshot()
+        return dict(telemetry, queue_depth=self.wire.queue.qsize(), queue_capacity=self.settings.queue_messages,
+                    open_series=open_series, closed_series=closed,
+                    cpu_us_per_frame=self.stages.us_per_frame(telemetry["frames_received"]))
 
     # -- processing thread
     def _process_loop(self) -> None:
@@ -175,7 +179,7 @@ class Receiver:
             try:  # a file name of its own: never overwrite an earlier capture, even of the same id
                 path = unique_path(self.settings.capture_dir, start.series_id, ".h5")
                 series = OpenSeries(start, item.header_bytes, item.received_ns, item.wire_ns, self.settings, path,
-                                    self._compressor, self._position_sum)
+                                    self._compressor, self._position_sum, self.stages)
             except (OSError, MemoryError, ValueError) as error:
                 problem = f"cannot open a capture for series {start.series_id!r}: {error}"
         if problem is not None:
@@ -197,7 +201,8 @@ class Receiver:
                                    message.series_id))
 
     def _on_frames(self, series: OpenSeries, message: Frames, item: Received) -> None:
-        problem = series.problem_with(message)
+        with self.stages("validate"):
+            problem = series.problem_with(message)
         if problem is not None:
             self._reject(ProtocolError(problem, message.series_id, message.frame_ids))
             return

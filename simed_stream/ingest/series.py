@@ -14,6 +14,7 @@ import numpy as np
 from simed_stream.capture import RECEIVED, REJECTED, Accounting, CaptureWriter
 from simed_stream.codec import compress_frames
 from simed_stream.ingest.settings import ReceiverSettings
+from simed_stream.ingest.stages import StageClock
 from simed_stream.ingest.sums import PositionSums
 from simed_stream.protocol import Frames, OverviewImage, SeriesEnd, SeriesStart
 from simed_stream.records import PositionSum
@@ -30,13 +31,24 @@ class SeriesSummary:
     ingest_seconds: float = 0.0  # first frame received to last frame processed (written and summed)
 
 
+class _TimedPool:
+    """An executor whose tasks count as `stage` on the thread that runs them."""
+
+    def __init__(self, pool: Executor, stages: StageClock, stage: str):
+        self.pool, self.stages, self.stage = pool, stages, stage
+
+    def submit(self, function, *args):
+        return self.pool.submit(self.stages.timed(self.stage, function), *args)
+
+
 class OpenSeries:
     """Lives in the receiver's processing thread only. Times on the wire clock are `*_wire_ns`."""
 
     def __init__(self, start: SeriesStart, header_bytes: bytes, received_ns: int, wire_ns: int,
                  settings: ReceiverSettings, path: Path, compressor: Executor,
-                 on_sum: Callable[[PositionSum], None]):
+                 on_sum: Callable[[PositionSum], None], stages: StageClock):
         self.start = start
+        self.stages = stages
         self.status = np.zeros(start.frames_expected, np.uint8)
         self.accounting = Accounting(start.frames_expected, positions_total=start.nav_shape[0] * start.nav_shape[1])
         self.last_heard_wire_ns = wire_ns
@@ -47,12 +59,13 @@ class OpenSeries:
         self.compressor, self.on_sum = compressor, on_sum
         # the pool first: when there is no memory for it, no capture is started
         self.sums = PositionSums(start, settings.max_pending_positions, settings.beam_radius_px, self.accounting,
-                                 compressor, self._sum_done)
+                                 compressor, self._sum_done, stages)
         self.writer = CaptureWriter(path, start, header_bytes, received_ns)
         self.last_flush = time.monotonic()
 
     def _sum_done(self, record: PositionSum) -> None:
-        self.writer.write_position(record)
+        with self.stages("write"):
+            self.writer.write_position(record)
         self.on_sum(record)
 
     def problem_with(self, message: Frames) -> str | None:
@@ -83,12 +96,16 @@ class OpenSeries:
         self.accounting.duplicates += duplicates
         if not fresh.any():
             return 0, 0, duplicates
-        slots_in_message = np.flatnonzero(fresh).astype(np.int32)
-        index, pixels = index[fresh], message.pixels[fresh]
-        scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
-        message_index = self.writer.add_message(header_bytes, received_ns, message.frame_ids)
-        chunks = compress_frames(pixels, self.compressor)
-        self.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps, slots_in_message)
+        with self.stages("copy"):
+            slots_in_message = np.flatnonzero(fresh).astype(np.int32)
+            index, pixels = index[fresh], message.pixels[fresh]
+            scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
+        with self.stages("compress"):
+            chunks = compress_frames(pixels, _TimedPool(self.compressor, self.stages, "compress"))
+        with self.stages("write"):
+            message_index = self.writer.add_message(header_bytes, received_ns, message.frame_ids)
+            self.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps,
+                                     slots_in_message)
         self.accounting.rejected -= int((self.status[index] == REJECTED).sum())
         self.accounting.received += len(index)
         self.status[index] = RECEIVED
@@ -125,7 +142,8 @@ class OpenSeries:
         now = time.monotonic()
         if now - self.last_flush > interval_s:
             self.sums.write_done()
-            self.writer.flush(self.accounting, self.status)
+            with self.stages("write"):
+                self.writer.flush(self.accounting, self.status)
             self.last_flush = now
 
     def close(self, problem: str | None) -> SeriesSummary:

@@ -12,6 +12,7 @@ import numpy as np
 from simed_stream import kernels
 from simed_stream.capture import Accounting
 from simed_stream.codec import compress_frame
+from simed_stream.ingest.stages import StageClock
 from simed_stream.protocol import SeriesStart
 from simed_stream.records import PositionSum
 
@@ -63,7 +64,7 @@ class PositionSums:
     A frame for a position already done is kept in the capture but not summed (`late_frames`)."""
 
     def __init__(self, start: SeriesStart, pool_positions: int, beam_radius_px: float, accounting: Accounting,
-                 compressor: Executor, on_done: Callable[[PositionSum], None]):
+                 compressor: Executor, on_done: Callable[[PositionSum], None], stages: StageClock):
         ny, nx = start.nav_shape
         self.series_id, self.nx, self.per_position = start.series_id, nx, start.frames_per_position
         self.dtype, self.shape = kernels.sum_dtype(start.dtype), start.sig_shape
@@ -77,7 +78,8 @@ class PositionSums:
         self.late_frames = 0
         bad = start.pixel_mask.astype(bool) if start.pixel_mask is not None else None
         self.beam = BeamSearch(beam_radius_px, bad)
-        self.accounting, self.compressor, self.on_done = accounting, compressor, on_done
+        self.accounting, self.compressor, self.on_done, self.stages = accounting, compressor, on_done, stages
+        self._compress = stages.timed("sum_compress", compress_frame)
         self._pending: deque[tuple[Future, int, int, tuple[float, float], bool]] = deque()
 
     def add(self, pixels: np.ndarray, scan_yx: np.ndarray) -> None:
@@ -93,13 +95,15 @@ class PositionSums:
             if slot is None:
                 if not self.free_slots:
                     # add what this message assigned so far before a slot is evicted and reused
-                    kernels.accumulate_positions(pixels[summed:i], slots[summed:i], self.pool, self.pool_counts)
+                    with self.stages("sums"):
+                        kernels.accumulate_positions(pixels[summed:i], slots[summed:i], self.pool, self.pool_counts)
                     summed = i
                     self._finish(next(iter(self.slot_of)), complete=False)
                 slot = self.free_slots.pop()
                 self.slot_of[position] = slot
             slots[i] = slot
-        kernels.accumulate_positions(pixels[summed:], slots[summed:], self.pool, self.pool_counts)
+        with self.stages("sums"):
+            kernels.accumulate_positions(pixels[summed:], slots[summed:], self.pool, self.pool_counts)
         for position in set(positions.tolist()):
             slot = self.slot_of.get(position)
             if slot is not None and self.pool_counts[slot] >= self.per_position:
@@ -116,11 +120,12 @@ class PositionSums:
         slot = self.slot_of.pop(position)
         frame_sum = self.pool[slot]
         count = int(self.pool_counts[slot])
-        centre = self.beam.centre(frame_sum) if count else _NO_CENTRE
+        with self.stages("centre"):
+            centre = self.beam.centre(frame_sum) if count else _NO_CENTRE
         valid = complete and bool(np.isfinite(centre).all())
         self.centres[position], self.valid[position], self.done[position] = centre, valid, True
         self.accounting.positions_valid += int(valid)
-        self._pending.append((self.compressor.submit(compress_frame, frame_sum.copy()), position, count,
+        self._pending.append((self.compressor.submit(self._compress, frame_sum.copy()), position, count,
                               (float(centre[0]), float(centre[1])), valid))
         self.write_done(wait=len(self._pending) > _MAX_PENDING)
         frame_sum[...] = 0

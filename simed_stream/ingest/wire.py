@@ -19,6 +19,7 @@ from typing import Callable, Literal
 import zmq
 
 from simed_stream.ingest.settings import ReceiverSettings
+from simed_stream.ingest.stages import StageClock
 from simed_stream.protocol import Message, ProtocolError, decode
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ class Received:
 class Wire:
     """Connects a PULL socket to the detector and feeds a bounded queue from its own thread."""
 
-    def __init__(self, settings: ReceiverSettings):
+    def __init__(self, settings: ReceiverSettings, stages: StageClock):
         self.settings = settings
+        self.stages = stages
         self.queue: queue.Queue[Received] = queue.Queue(maxsize=settings.queue_messages)
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
@@ -91,11 +93,13 @@ class Wire:
                 if self.queue.empty():  # everything received so far is handled: quiet until now
                     self._put(Received("tick", time.time_ns(), self.clock_ns()))
                 continue
-            parts = self._socket.recv_multipart(copy=False)
+            with self.stages("receive"):
+                parts = self._socket.recv_multipart(copy=False)
             received_ns, wire_ns = time.time_ns(), self.clock_ns()
             buffers = [part.buffer for part in parts]
             try:
-                message = decode(buffers, self.settings.max_message_bytes)
+                with self.stages("validate"):
+                    message = decode(buffers, self.settings.max_message_bytes)
             except ProtocolError as error:
                 self._put(Received("rejected", received_ns, wire_ns, error=error))
                 continue
