@@ -72,26 +72,33 @@ def sum_dtype(frame_dtype) -> np.dtype:
 
 @numba.njit(nogil=True, cache=True)
 def _accumulate_core(frames, position_index, sums, counts):
-    n, h, w = frames.shape
-    # Rows outer, frames inner: every sum element still receives its frames in frame order, so
-    # float sums do not depend on how a scan's frames were split into messages.
-    for row in range(h):
-        for i in range(n):
-            position = position_index[i]
-            if position < 0:
-                continue
-            for col in range(w):
-                sums[position, row, col] += frames[i, row, col]
+    n = frames.shape[0]
+    pixels = frames.shape[1] * frames.shape[2]
+    flat_frames = frames.reshape(n, pixels)
+    flat_sums = sums.reshape(sums.shape[0], pixels)
+    # Frames outer, pixels inner (contiguous, vectorised): every sum element still receives its
+    # frames in frame order, so float sums do not depend on how frames were split into messages.
+    # A position's first frame is stored rather than added: a reused slot needs no zeroing.
     for i in range(n):
-        if position_index[i] >= 0:
-            counts[position_index[i]] += 1
+        position = position_index[i]
+        if position < 0:
+            continue
+        frame, total = flat_frames[i], flat_sums[position]
+        if counts[position] == 0:
+            for k in range(pixels):
+                total[k] = frame[k]
+        else:
+            for k in range(pixels):
+                total[k] += frame[k]
+        counts[position] += 1
 
 
 def accumulate_positions(frames, position_index, sums: np.ndarray, counts: np.ndarray) -> None:
     """Add each frame to `sums[position_index[i]]` in place and count it; index -1 skips a frame.
 
     sums: (n_positions, h, w) of `sum_dtype(frames.dtype)`, C-contiguous; counts: (n_positions,)
-    int64. Call batch after batch while streaming.
+    int64. A position whose count is 0 takes its first frame as it is (whatever its sum held:
+    a reused slot needs no zeroing). Call batch after batch while streaming.
     """
     frames = _as_frames(frames, 3)
     n, h, w = frames.shape
@@ -273,7 +280,10 @@ def warm_up() -> None:
     mask[1, 1] = True
     for dtype in FRAME_DTYPES:
         sums = np.zeros((1, 4, 4), sum_dtype(dtype))
-        accumulate_positions(np.zeros((1, 4, 4), dtype), np.zeros(1, np.int64), sums, np.zeros(1, np.int64))
+        frames = np.zeros((1, 4, 4), dtype)
+        accumulate_positions(frames, np.zeros(1, np.int64), sums, np.zeros(1, np.int64))
+        frames.flags.writeable = False  # the receiver sums frames in place, in ZeroMQ's read-only buffers
+        accumulate_positions(frames, np.zeros(1, np.int64), sums, np.zeros(1, np.int64))
         beam_centre(sums[0])
         apply_pixel_mask(sums[0], mask)
 

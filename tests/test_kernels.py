@@ -73,6 +73,18 @@ def test_accumulating_two_batches_equals_one_call():
     np.testing.assert_array_equal(counts, one_counts)
 
 
+def test_a_position_with_no_frames_yet_takes_its_first_frame_whatever_its_slot_held():
+    """The receiver reuses a slot without zeroing it: count 0 means its content is ignored."""
+    frames, index, n_positions = _scan_batch()
+    sums = np.full((n_positions,) + frames.shape[1:], 123456, dtype=np.uint32)  # a previous position's sum
+    counts = np.zeros(n_positions, dtype=np.int64)
+    kernels.accumulate_positions(frames, index, sums, counts)
+    want_sums, want_counts = ref.sum_positions(frames, index, n_positions)
+    used = want_counts > 0
+    np.testing.assert_array_equal(sums[used], want_sums[used])
+    assert (sums[~used] == 123456).all()  # a slot no frame went to is left alone
+
+
 def test_saturated_uint16_sum_does_not_overflow():
     frames = np.full((5, 16, 16), 65535, dtype=np.uint16)
     sums, counts = summed(frames, np.zeros(5, dtype=np.int64), 1)

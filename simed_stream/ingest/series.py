@@ -98,8 +98,11 @@ class OpenSeries:
             return 0, 0, duplicates
         with self.stages("copy"):
             slots_in_message = np.flatnonzero(fresh).astype(np.int32)
-            index, pixels = index[fresh], message.pixels[fresh]
-            scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
+            if duplicates:  # only then a copy: the new frames alone
+                index, pixels = index[fresh], message.pixels[fresh]
+                scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
+            else:  # the message's own arrays, in ZeroMQ's buffer
+                pixels, scan_yx, stamps = message.pixels, message.scan_yx, message.timestamps_ns
         with self.stages("compress"):
             chunks = compress_frames(pixels, _TimedPool(self.compressor, self.stages, "compress"))
         with self.stages("write"):

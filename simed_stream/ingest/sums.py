@@ -60,18 +60,21 @@ class PositionSums:
 
     A position is done when all its frames are in — or, incomplete, when its slot is needed for
     a new position or the series closes. Then its beam is found, it is compressed in
-    `compressor` (another thread) and, in order of completion, handed to `on_done`.
-    A frame for a position already done is kept in the capture but not summed (`late_frames`)."""
+    `compressor` (another thread) straight from its slot, which is reused once that is done,
+    and, in order of completion, handed to `on_done`. A frame for a position already done is
+    kept in the capture but not summed (`late_frames`)."""
 
     def __init__(self, start: SeriesStart, pool_positions: int, beam_radius_px: float, accounting: Accounting,
                  compressor: Executor, on_done: Callable[[PositionSum], None], stages: StageClock):
         ny, nx = start.nav_shape
         self.series_id, self.nx, self.per_position = start.series_id, nx, start.frames_per_position
         self.dtype, self.shape = kernels.sum_dtype(start.dtype), start.sig_shape
-        self.pool = np.zeros((pool_positions, *self.shape), self.dtype)
-        self.pool_counts = np.zeros(pool_positions, np.int64)
+        slots = pool_positions + _MAX_PENDING + 1  # open positions, and sums being compressed
+        self.pool = np.zeros((slots, *self.shape), self.dtype)
+        self.pool_counts = np.zeros(slots, np.int64)
         self.slot_of: dict[int, int] = {}  # position -> pool slot, in arrival order (oldest first)
-        self.free_slots = list(range(pool_positions - 1, -1, -1))
+        self.free_slots = list(range(slots - 1, -1, -1))
+        self.max_open = pool_positions
         self.done = np.zeros(ny * nx, bool)
         self.centres = np.full((ny * nx, 2), np.nan)
         self.valid = np.zeros(ny * nx, bool)
@@ -80,7 +83,8 @@ class PositionSums:
         self.beam = BeamSearch(beam_radius_px, bad)
         self.accounting, self.compressor, self.on_done, self.stages = accounting, compressor, on_done, stages
         self._compress = stages.timed("sum_compress", compress_frame)
-        self._pending: deque[tuple[Future, int, int, tuple[float, float], bool]] = deque()
+        # (compressed chunk, position, frames, centre, valid, slot), in order of completion
+        self._pending: deque[tuple[Future, int, int, tuple[float, float], bool, int]] = deque()
 
     def add(self, pixels: np.ndarray, scan_yx: np.ndarray) -> None:
         """Add frames (in message order) to their positions' sums; finish the positions they complete."""
@@ -93,13 +97,13 @@ class PositionSums:
                 continue
             slot = self.slot_of.get(position)
             if slot is None:
-                if not self.free_slots:
+                if len(self.slot_of) >= self.max_open:
                     # add what this message assigned so far before a slot is evicted and reused
                     with self.stages("sums"):
                         kernels.accumulate_positions(pixels[summed:i], slots[summed:i], self.pool, self.pool_counts)
                     summed = i
                     self._finish(next(iter(self.slot_of)), complete=False)
-                slot = self.free_slots.pop()
+                slot = self._free_slot()
                 self.slot_of[position] = slot
             slots[i] = slot
         with self.stages("sums"):
@@ -116,30 +120,38 @@ class PositionSums:
         while self._pending:
             self.write_done(wait=True)
 
+    def _free_slot(self) -> int:
+        """A slot for a new position: a free one, or the first whose sum is compressed by now."""
+        while not self.free_slots:
+            self.write_done(wait=True, at_most=1)
+        return self.free_slots.pop()
+
     def _finish(self, position: int, complete: bool) -> None:
         slot = self.slot_of.pop(position)
-        frame_sum = self.pool[slot]
+        frame_sum = self.pool[slot]  # compressed from here: the slot is reused only after that
         count = int(self.pool_counts[slot])
         with self.stages("centre"):
             centre = self.beam.centre(frame_sum) if count else _NO_CENTRE
         valid = complete and bool(np.isfinite(centre).all())
         self.centres[position], self.valid[position], self.done[position] = centre, valid, True
         self.accounting.positions_valid += int(valid)
-        self._pending.append((self.compressor.submit(self._compress, frame_sum.copy()), position, count,
-                              (float(centre[0]), float(centre[1])), valid))
+        chunk = self.compressor.submit(self._compress, frame_sum)
+        self._pending.append((chunk, position, count, (float(centre[0]), float(centre[1])), valid, slot))
         self.write_done(wait=len(self._pending) > _MAX_PENDING)
-        frame_sum[...] = 0
-        self.pool_counts[slot] = 0
-        self.free_slots.append(slot)
 
-    def write_done(self, wait: bool = False) -> None:
-        """Hand over the sums compressed so far, in order; `wait` for those beyond half the bound."""
-        while self._pending and (wait or self._pending[0][0].done()):
-            future, position, count, centre, valid = self._pending.popleft()
+    def write_done(self, wait: bool = False, at_most: int | None = None) -> None:
+        """Hand over the sums compressed so far, in order, and free their slots; `wait` for those
+        beyond half the bound (or for `at_most` of them)."""
+        handed = 0
+        while self._pending and (wait or self._pending[0][0].done()) and (at_most is None or handed < at_most):
+            future, position, count, centre, valid, slot = self._pending.popleft()
             record = PositionSum(self.series_id, position, count, centre, valid, future.result(), self.dtype,
                                  self.shape)
+            self.pool_counts[slot] = 0
+            self.free_slots.append(slot)
+            handed += 1
             self.on_done(record)
-            wait = wait and len(self._pending) > _MAX_PENDING // 2
+            wait = wait and (at_most is not None or len(self._pending) > _MAX_PENDING // 2)
 
     def descan_plane(self) -> tuple[np.ndarray | None, str | None]:
         """The robust plane through the valid beam centres, or why there is none."""
