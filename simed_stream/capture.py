@@ -1,5 +1,5 @@
-"""Lossless HDF5 captures of a simed-stream series (`docs/capture.md`): the file layout, its
-writer and its reader.
+"""Lossless HDF5 captures of a simed-stream series (`docs/capture.md`): the file layout, the
+accounting it records, and its reader (the writer is `capture_writer.py`).
 
 One file per series. Frames and position sums are stored one per chunk in the codec of
 `codec.py` (Blosc bitshuffle + LZ4, hdf5plugin's filter 32001), compressed by the receiver and
@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from simed_stream.codec import compress_frame, hdf5_filter
-from simed_stream.kernels import sum_dtype
-from simed_stream.protocol import FRAME_DTYPES, OverviewImage, SeriesStart
+from simed_stream.codec import compress_frame
+from simed_stream.protocol import FRAME_DTYPES, OverviewImage
 from simed_stream.records import PositionSum
 
 log = logging.getLogger(__name__)
@@ -38,6 +36,7 @@ class Accounting:
     received: int = 0
     rejected: int = 0
     dropped_at_source: int = 0
+    not_stored: int = 0  # received, but not in the capture (its disk was full)
     duplicates: int = 0
     rejected_messages: int = 0
     positions_valid: int = 0
@@ -54,135 +53,11 @@ class Accounting:
     def as_dict(self) -> dict:
         return {
             "frames_expected": self.frames_expected, "received": self.received, "rejected": self.rejected,
-            "dropped_at_source": self.dropped_at_source, "missing": self.missing, "duplicates": self.duplicates,
+            "dropped_at_source": self.dropped_at_source, "missing": self.missing, "not_stored": self.not_stored,
+            "duplicates": self.duplicates,
             "rejected_messages": self.rejected_messages, "positions_valid": self.positions_valid,
             "positions_total": self.positions_total, "coverage": round(self.coverage, 6),
         }
-
-
-class CaptureWriter:
-    """Owns one capture file; all methods must be called from one thread."""
-
-    def __init__(self, path: str | Path, start: SeriesStart, start_header_bytes: bytes, receive_time_ns: int):
-        self.path = Path(path)
-        self.start = start
-        n = start.frames_expected
-        h, w = start.sig_shape
-        ny, nx = start.nav_shape
-        self.file = h5py.File(self.path, "x")  # never overwrite a capture
-        f = self.file
-        f.attrs.update(format=FORMAT, series_id=start.series_id, unique_id=start.header["unique_id"],
-                       protocol=start.header["protocol"], series_start=start_header_bytes.decode(),
-                       state="open", created_unix_s=time.time())
-        filters = hdf5_filter()
-        self.frames = f.create_dataset("frames", (n, h, w), start.dtype, chunks=(1, h, w), **filters)
-        self.frame_status = f.create_dataset("frame_status", (n,), np.uint8, fillvalue=MISSING)
-        self.scan_yx = f.create_dataset("scan_yx", (n, 2), np.int32, fillvalue=-1)
-        self.timestamp_ns = f.create_dataset("timestamp_ns", (n,), np.uint64)
-        self.frame_message = f.create_dataset("frame_message", (n,), np.int32, fillvalue=-1)
-        self.frame_slot = f.create_dataset("frame_slot", (n,), np.int32, fillvalue=-1)
-        strings = h5py.string_dtype()
-        self.message_header = f.create_dataset("messages/header", (0,), strings, maxshape=(None,), chunks=(256,))
-        self.message_time = f.create_dataset("messages/receive_time_ns", (0,), np.uint64, maxshape=(None,), chunks=(256,))
-        self.message_frame_ids = f.create_dataset("messages/frame_ids", (0,), h5py.vlen_dtype(np.uint64),
-                                                  maxshape=(None,), chunks=(256,))
-        self.rejected_reason = f.create_dataset("rejections/reason", (0,), strings, maxshape=(None,), chunks=(64,))
-        if start.pixel_mask is not None:
-            f.create_dataset("pixel_mask", data=start.pixel_mask)
-        positions = ny * nx
-        self.position_sum = f.create_dataset("positions/sum", (positions, h, w), sum_dtype(start.dtype),
-                                             chunks=(1, h, w), **filters)
-        self.position_count = f.create_dataset("positions/frame_count", (positions,), np.int32)
-        self.beam_centre = f.create_dataset("positions/beam_centre_yx", (positions, 2), np.float64, fillvalue=np.nan)
-        self.position_valid = f.create_dataset("positions/valid", (positions,), bool)
-        # per-frame tables live in memory (24 bytes a frame) and go to disk whole at each flush:
-        # h5py's point selections would cost milliseconds per message
-        self._scan_yx = np.full((n, 2), -1, np.int32)
-        self._timestamp_ns = np.zeros(n, np.uint64)
-        self._frame_message = np.full(n, -1, np.int32)
-        self._frame_slot = np.full(n, -1, np.int32)
-        self._position_count = np.zeros(positions, np.int32)
-        self._beam_centre = np.full((positions, 2), np.nan)
-        self._position_valid = np.zeros(positions, bool)
-        self._tables_dirty = False
-        self._headers: list[str] = []
-        self._times: list[int] = []
-        self._message_ids: list[np.ndarray] = []
-        self._rejections: list[str] = []
-        self.add_message(start_header_bytes, receive_time_ns)
-        self.flush()
-
-    # -- frames and messages
-    def add_message(self, header_bytes: bytes, receive_time_ns: int, frame_ids: np.ndarray | None = None) -> int:
-        """Record an accepted message header verbatim, with the frame ids it carried (all of
-        them, duplicates of earlier frames included, so a replay can rebuild it); returns its index."""
-        self._headers.append(header_bytes.decode())
-        self._times.append(receive_time_ns)
-        self._message_ids.append(np.zeros(0, np.uint64) if frame_ids is None else np.asarray(frame_ids, np.uint64))
-        return self.message_header.shape[0] + len(self._headers) - 1
-
-    def write_frames(self, message_index: int, frame_ids: np.ndarray, chunks: list[bytes], scan_yx: np.ndarray,
-                     timestamps_ns: np.ndarray, slots_in_message: np.ndarray) -> None:
-        """Write pre-compressed frames now; their per-frame tables are kept and written at flush."""
-        ids = frame_ids.astype(np.int64)
-        write_chunk = self.frames.id.write_direct_chunk
-        for frame_id, chunk in zip(ids.tolist(), chunks):
-            write_chunk((frame_id, 0, 0), chunk)
-        self._scan_yx[ids] = scan_yx
-        self._timestamp_ns[ids] = timestamps_ns
-        self._frame_message[ids] = message_index
-        self._frame_slot[ids] = slots_in_message
-        self._tables_dirty = True
-
-    def add_rejection(self, reason: str) -> None:
-        self._rejections.append(reason)
-
-    def write_position(self, record: PositionSum) -> None:
-        """A position's summed frame (its chunk as compressed) and its table entries."""
-        self.position_sum.id.write_direct_chunk((record.position, 0, 0), record.chunk)
-        self._position_count[record.position] = record.frames_counted
-        self._beam_centre[record.position] = record.beam_centre_yx
-        self._position_valid[record.position] = record.valid
-        self._tables_dirty = True
-
-    def write_overview(self, overview: OverviewImage, header_bytes: bytes) -> None:
-        write_overview(self.file, overview, header_bytes)
-
-    # -- bookkeeping
-    def flush(self, accounting: Accounting | None = None, frame_status: np.ndarray | None = None) -> None:
-        """Write buffered tables, then the frame status: on disk it never runs ahead of the frames."""
-        for dataset, items in ((self.message_header, self._headers), (self.message_time, self._times),
-                               (self.message_frame_ids, self._message_ids),
-                               (self.rejected_reason, self._rejections)):
-            if items:
-                start = dataset.shape[0]
-                dataset.resize((start + len(items),))
-                dataset[start:] = items
-                items.clear()
-        if self._tables_dirty:
-            self.scan_yx[:] = self._scan_yx
-            self.timestamp_ns[:] = self._timestamp_ns
-            self.frame_message[:] = self._frame_message
-            self.frame_slot[:] = self._frame_slot
-            self.position_count[:] = self._position_count
-            self.beam_centre[:] = self._beam_centre
-            self.position_valid[:] = self._position_valid
-            self._tables_dirty = False
-        if frame_status is not None:
-            self.file.flush()  # frames before the status that declares them
-            self.frame_status[:] = frame_status
-        if accounting is not None:
-            self.file.attrs["accounting"] = json.dumps(accounting.as_dict())
-        self.file.flush()
-
-    def close(self, accounting: Accounting, frame_status: np.ndarray, end_status: str, notes: list[str],
-              descan_plane: np.ndarray | None) -> None:
-        if descan_plane is not None:
-            self.file.create_dataset("positions/descan_plane_yx", data=descan_plane)
-        self.file.attrs.update(end_status=end_status, notes=json.dumps(notes), closed_unix_s=time.time())
-        self.flush(accounting, frame_status)
-        self.file.attrs["state"] = "closed"
-        self.file.close()
 
 
 def write_overview(f: h5py.File, overview: OverviewImage, header_bytes: bytes) -> str:
@@ -206,7 +81,11 @@ def add_late_overview(path: Path, overview: OverviewImage, header_bytes: bytes) 
             write_overview(f, overview, header_bytes)
     except OSError as error:  # e.g. a reader holds the file: keep the image beside it instead
         side = path.with_name(f"{path.stem}.overview-{overview.header['overview_id']}.npy")
-        np.save(side, overview.image)
+        try:
+            np.save(side, overview.image)
+        except OSError as again:  # a full disk: the image is lost, and said so
+            log.error("could not add the late overview to %s (%s) nor save it beside (%s)", path, error, again)
+            return notes + [f"late overview not kept: {again.strerror or again}"]
         log.error("could not add the late overview to %s (%s); saved it as %s", path, error, side)
         notes.append(f"late overview saved beside the capture as {side.name}")
     return notes + ["overview arrived after the series closed"]

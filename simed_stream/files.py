@@ -3,6 +3,7 @@ atomic replacement (a reader sees the previous complete file or the next, never 
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,31 @@ def unique_path(folder: Path, name: str, suffix: str = "") -> Path:
         counter += 1
         path = folder / f"{base}-{counter}{suffix}"
     return path
+
+
+class SpaceReserve:
+    """Disk space held in a file of its own (`path`, `nbytes` allocated), to be released when
+    something beside it needs room on a full disk. Raises OSError when the space is not there."""
+
+    def __init__(self, path: Path, nbytes: int):
+        self.path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, nbytes)
+            except OSError as error:
+                if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                for start in range(0, nbytes, 1 << 20):  # a file system without fallocate: write it
+                    os.write(fd, bytes(min(1 << 20, nbytes - start)))
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def check_writable(folder: Path, what: str = "the output directory") -> None:

@@ -243,16 +243,24 @@ class Receiver:
         settings = self.settings
         for series_id, series in list(self._series.items()):
             series.flush_if_due(settings.flush_interval_s)
+            self._watch_capture(series)
             if series.end is not None:
                 if series.overview_received or wire_now_ns - series.ended_wire_ns > settings.overview_grace_s * 1e9:
                     self._close(series_id, None)
             elif wire_now_ns - series.last_heard_wire_ns > settings.series_timeout_s * 1e9:
                 self._close(series_id, f"no series_end and no message for {settings.series_timeout_s:g} s")
 
+    def _watch_capture(self, series: OpenSeries) -> None:
+        """Tell the operator, once, that a series' capture stopped (a full disk): log and status."""
+        if series.capture_failure and not series.capture_failure_told:
+            series.capture_failure_told = True
+            self.telemetry.capture_failed(series.start.series_id, series.capture_failure)
+
     def _close(self, series_id: str, problem: str | None) -> None:
         with self._lock:
             series = self._series.pop(series_id)
         summary = series.close(problem)
+        self._watch_capture(series)
         log.info("series %s closed (%s): %s", series_id, summary.end_status, summary.accounting)
         for note in summary.notes:
             log.warning("series %s: %s", series_id, note)

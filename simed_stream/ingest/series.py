@@ -11,7 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from simed_stream.capture import RECEIVED, REJECTED, Accounting, CaptureWriter
+from simed_stream.capture import RECEIVED, REJECTED, Accounting
+from simed_stream.capture_writer import CaptureWriter, NoCapture
 from simed_stream.codec import compress_frames
 from simed_stream.ingest.settings import ReceiverSettings
 from simed_stream.ingest.stages import StageClock
@@ -60,8 +61,18 @@ class OpenSeries:
         # the pool first: when there is no memory for it, no capture is started
         self.sums = PositionSums(start, settings.max_pending_positions, settings.beam_radius_px, self.accounting,
                                  compressor, self._sum_done, stages)
-        self.writer = CaptureWriter(path, start, header_bytes, received_ns)
+        try:
+            self.writer: CaptureWriter | NoCapture = CaptureWriter(path, start, header_bytes, received_ns, self.status,
+                                                                   self.accounting)
+        except OSError as error:  # e.g. a full disk: the series is received and accounted all the same
+            self.writer = NoCapture(path, f"no capture: {error.strerror or error}")
+        self.capture_failure_told = False
         self.last_flush = time.monotonic()
+
+    @property
+    def capture_failure(self) -> str | None:
+        """Why this series' capture stopped early or never started (e.g. a full disk), or None."""
+        return self.writer.failure
 
     def _sum_done(self, record: PositionSum) -> None:
         with self.stages("write"):
@@ -103,12 +114,14 @@ class OpenSeries:
                 scan_yx, stamps = message.scan_yx[fresh], message.timestamps_ns[fresh]
             else:  # the message's own arrays, in ZeroMQ's buffer
                 pixels, scan_yx, stamps = message.pixels, message.scan_yx, message.timestamps_ns
-        with self.stages("compress"):
-            chunks = compress_frames(pixels, _TimedPool(self.compressor, self.stages, "compress"))
+        with self.stages("compress"):  # (nothing to compress for a capture that failed)
+            chunks = [] if self.writer.failure else compress_frames(
+                pixels, _TimedPool(self.compressor, self.stages, "compress"))
         with self.stages("write"):
             message_index = self.writer.add_message(header_bytes, received_ns, message.frame_ids)
-            self.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps,
-                                     slots_in_message)
+            stored = self.writer.write_frames(message_index, index.astype(np.uint64), chunks, scan_yx, stamps,
+                                              slots_in_message)
+        self.accounting.not_stored += len(index) - stored
         self.accounting.rejected -= int((self.status[index] == REJECTED).sum())
         self.accounting.received += len(index)
         self.status[index] = RECEIVED
@@ -146,7 +159,7 @@ class OpenSeries:
         if now - self.last_flush > interval_s:
             self.sums.write_done()
             with self.stages("write"):
-                self.writer.flush(self.accounting, self.status)
+                self.writer.flush()
             self.last_flush = now
 
     def close(self, problem: str | None) -> SeriesSummary:
@@ -166,7 +179,10 @@ class OpenSeries:
         if why_not:
             notes.append(why_not)
         end_status = self.end.status if self.end is not None else "incomplete"
-        self.writer.close(accounting, self.status, end_status, notes, plane)
+        if self.writer.failure:
+            notes.append(f"capture: {self.writer.failure}; {accounting.not_stored} frame(s) received but not "
+                         "stored (frame_status says which frames the file holds)")
+        self.writer.close(end_status, notes, plane)
         return SeriesSummary(self.start.series_id, self.writer.path, end_status, accounting.as_dict(), notes,
                              self.overview_received,
                              max(0.0, (self.last_frame_done_ns - self.first_frame_ns) / 1e9))

@@ -11,7 +11,7 @@ from simed_stream.protocol import ProtocolError
 log = logging.getLogger("simed_stream.ingest")
 
 COUNTERS = ("messages", "rejected_messages", "frames_received", "frames_rejected", "duplicates", "msg_seq_gaps",
-            "heartbeats", "bytes", "internal_errors")
+            "heartbeats", "bytes", "internal_errors", "capture_failures")
 _RATE_WINDOW_S = 2.0
 _LOGGED_REJECTIONS = 20  # then one in 100: a flood of bad messages must not flood the log
 
@@ -22,6 +22,7 @@ class IngestTelemetry:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.lag_s = 0.0  # behind the detector: now minus the receipt time of the item being handled
         self.last_internal_error: str | None = None
+        self.last_capture_failure: str | None = None
         self._rate_window: list[tuple[float, int]] = []  # (monotonic s, frames received so far)
         self._rejections = 0
         self._last_seq: int | None = None
@@ -54,6 +55,12 @@ class IngestTelemetry:
         self.count(internal_errors=1)
         self.last_internal_error = f"{error.__class__.__name__}: {error}"
 
+    def capture_failed(self, series_id: str, reason: str) -> None:
+        self.count(capture_failures=1)
+        self.last_capture_failure = f"series {series_id}: {reason}"
+        log.error("series %s: its capture stopped (%s); the series goes on, received and accounted, its frames "
+                  "from here on are not stored", series_id, reason)
+
     def rejected(self, error: ProtocolError, frames: int) -> None:
         self.count(rejected_messages=1, frames_rejected=frames)
         self._rejections += 1
@@ -72,4 +79,5 @@ class IngestTelemetry:
     def snapshot(self) -> dict:
         with self.lock:
             counters = dict(self.counters)
-        return dict(counters, lag_s=round(self.lag_s, 3), frames_per_s=round(self.frames_per_s(), 1))
+        return dict(counters, lag_s=round(self.lag_s, 3), frames_per_s=round(self.frames_per_s(), 1),
+                    last_capture_failure=self.last_capture_failure)

@@ -15,7 +15,7 @@ log = logging.getLogger("simed_stream.live")
 
 INGEST_KEYS = ("frames_per_s", "frames_received", "frames_rejected", "frames_dropped_at_source", "frames_missing",
                "rejected_messages", "duplicates", "msg_seq_gaps", "queue_depth", "queue_capacity", "lag_s",
-               "internal_errors")
+               "internal_errors", "capture_failures", "last_capture_failure")
 _RESULTS_SHOWN, _ERRORS_SHOWN = 50, 20
 
 
@@ -83,4 +83,5 @@ def status_line(status: dict) -> str:
             f"{ingest['frames_rejected']} | dropped {dropped} | queue {ingest['queue_depth']}/"
             f"{ingest['queue_capacity']} | lag {ingest['lag_s']:.2f} s | series open {pipeline['series_open']} "
             f"done {pipeline['series_done']} | particles found {pipeline['particles_found']} phased "
-            f"{pipeline['particles_phased']} flagged {pipeline['particles_flagged']}")
+            f"{pipeline['particles_phased']} flagged {pipeline['particles_flagged']}"
+            + (f" | CAPTURE FAILED: {ingest['last_capture_failure']}" if ingest.get("capture_failures") else ""))
