@@ -190,7 +190,7 @@ class ScanScene:
     def source(self, series_id: str):
         """The scan as a `SeriesSource` for `FakeDetector`."""
         from simed_stream.protocol import scan_order
-        from simulator.detector import SeriesSource
+        from simed_stream.detectors.series_source import SeriesSource
 
         s = self.settings
         ny, nx = s.scan_shape
@@ -256,7 +256,7 @@ def _batch(pending, t0: int, per_frame_ns: int):
 def simulate_scan(dataset: str | Path, out: str | Path, settings: ScanSettings = ScanSettings()) -> Path:
     """Build the scene, stream it through detector and receiver, add the truth; returns `out`."""
     from simed_stream.ingest import Receiver, ReceiverSettings
-    from simulator.detector import FakeDetector
+    from simed_stream.detectors.simed.fake import FakeDetector
 
     out = Path(out)
     if out.exists():

@@ -24,7 +24,8 @@ from simed_stream.cli.replay import replay_capture
 from simed_stream.live.pipeline import LivePipeline
 from simed_stream.live.settings import LiveSettings
 from simed_stream.live.status import status_line
-from simulator.detector import FakeDetector, FaultPlan, capture_series
+from simed_stream.capture_replay import capture_series
+from simed_stream.detectors.simed.fake import FakeDetector, FaultPlan
 
 from conftest import run_with_deadline
 

@@ -47,7 +47,9 @@ def _detector(args) -> int:
     import zmq
 
     from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
-    from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
+    from simed_stream.capture_replay import capture_series
+    from simed_stream.detectors.simed.fake import FakeDetector, FaultPlan
+    from simulator.synthetic import synthetic_series
 
     try:
         faults = FaultPlan.parse(args.faults)

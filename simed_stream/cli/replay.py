@@ -23,7 +23,8 @@ def replay_capture(capture: Path, settings: LiveSettings, rate: str | float = "r
     detector already streaming it. `run(pipeline)` runs the pipeline (default `pipeline.run()`;
     the CLI passes one that maps Ctrl-C to a clean stop). The pipeline stops after
     `settings.max_series` series, by default the capture's one."""
-    from simulator.detector import FakeDetector, capture_series
+    from simed_stream.capture_replay import capture_series
+    from simed_stream.detectors.simed.fake import FakeDetector
 
     if not capture.is_file():
         raise SimedError(f"capture {capture} does not exist")
