@@ -57,6 +57,12 @@ class ScanMap:
         yx = np.where(inside[:, None], np.stack([line, x], axis=1), -1).astype(np.int32)
         return Placed(kind, ids, yx)
 
+    def detector_frame(self, frame_ids: np.ndarray) -> np.ndarray:
+        """The inverse of `place` for frames in the scan: frame id → detector frame index."""
+        position, sub = np.divmod(np.asarray(frame_ids, np.int64), self.per_position)
+        line, column = np.divmod(position, self.nx)
+        return self.sync.start_frame + line * self.line_frames + column * self.per_position + sub
+
     def describe(self) -> str:
         s = self.sync
         return (f"scan {self.ny}x{self.nx} {s.pattern}, {self.per_position} frame(s) per position, "

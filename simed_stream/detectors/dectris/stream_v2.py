@@ -35,6 +35,13 @@ class V2Error(ValueError):
     pass
 
 
+class Broken:
+    """Data that did not decompress, kept in place of its array so the image's id still counts it."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
 def _tag_hook(tag, immutable):
     """cbor2 (≥ 6) calls this for every tag, innermost first."""
     import cbor2
@@ -49,7 +56,10 @@ def _tag_hook(tag, immutable):
         try:
             return decompress_hdf5(data, algorithm, int(elem_size or 1), MAX_ARRAY_BYTES)
         except (CompressionError, TypeError) as error:
-            raise V2Error(str(error)) from None
+            return Broken(str(error))
+    if isinstance(value, Broken) or isinstance(value, (list, tuple)) and len(value) == 2 \
+            and isinstance(value[1], Broken):
+        return value if isinstance(value, Broken) else value[1]
     if tag.tag in TYPED_ARRAYS:
         if not isinstance(value, bytes) or len(value) % np.dtype(TYPED_ARRAYS[tag.tag]).itemsize:
             raise V2Error(f"typed array tag {tag.tag} does not hold whole elements")
@@ -127,6 +137,8 @@ class StreamV2:
             self.builder.series.notes.append("no start message seen: the receiver joined mid-series")
         data = image.get("data") if isinstance(image.get("data"), Mapping) else {}
         array = data.get(self.channel) if self.channel is not None else next(iter(data.values()), None)
+        if isinstance(array, Broken):
+            return self.builder.reject(f"DECTRIS stream v2 image {image.get('image_id')!r}: {array.reason}", index)
         if index is None or not isinstance(array, np.ndarray) or array.ndim != 2:
             return self.builder.reject(f"DECTRIS stream v2 image {image.get('image_id')!r}: no 2-D array in "
                                        f"channel {self.channel!r}", index)
