@@ -60,8 +60,9 @@ def scan_source(series_id: str, nav_shape=(3, 4), frames_per_position=2, pattern
 
 
 def receiver_settings(tmp_path: Path, source: str, endpoint: str, scan: dict, **more) -> ReceiverSettings:
+    """Series back to back, each waiting 0.2 s for an overview that never comes: room for 8 open."""
     return ReceiverSettings(capture_dir=tmp_path / "captures", source=source, data_endpoint=endpoint, scan=scan,
-                            overview_grace_s=0.2, **more)
+                            **{"overview_grace_s": 0.2, "max_open_series": 8, **more})
 
 
 def run_receiver(settings: ReceiverSettings, send, series: int = 1, timeout_s: float = 60.0):

@@ -1,0 +1,54 @@
+"""The detector side of a TCP data port, for the Merlin and Serval simulators: listen (Merlin's
+data port, Serval's `tcp://listen@`) or connect (Serval's `tcp://connect@`), then send bytes."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from simed_stream.detectors.tcp_stream import parse_endpoint
+
+
+class TcpSender:
+    def __init__(self, endpoint: str, timeout_s: float = 30.0):
+        """`endpoint` as the detector sees it: tcp://HOST:PORT listens, tcp://connect@HOST:PORT connects."""
+        self.host, self.port, _ = parse_endpoint(endpoint)
+        self.connect_mode = "connect@" in endpoint
+        self.timeout_s = timeout_s
+        self.server = None if self.connect_mode else socket.create_server((self.host, self.port))
+        if self.server is not None:
+            self.port = self.server.getsockname()[1]
+        self.connection: socket.socket | None = None
+
+    def wait_for_peer(self) -> None:
+        if self.connection is not None:
+            return
+        if self.connect_mode:
+            deadline = time.monotonic() + self.timeout_s
+            while True:
+                try:
+                    self.connection = socket.create_connection((self.host, self.port), timeout=1.0)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        else:
+            self.server.settimeout(self.timeout_s)
+            self.connection, _ = self.server.accept()
+        self.connection.settimeout(self.timeout_s)
+
+    def send(self, *chunks: bytes) -> None:
+        self.wait_for_peer()
+        for chunk in chunks:
+            self.connection.sendall(chunk)
+
+    def disconnect(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def close(self) -> None:
+        self.disconnect()
+        if self.server is not None:
+            self.server.close()
