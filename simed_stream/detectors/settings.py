@@ -34,6 +34,15 @@ def pair_from_text(value):
     return value
 
 
+def affine_from_text(value):
+    """'a,b,c,d,e,f' (a flag), six numbers or a 2×3 nested list (YAML) → six numbers."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(";", ",").replace(" ", ",").split(",") if v]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(r, (list, tuple)) for r in value):
+        value = [*value[0], *value[1]]
+    return value
+
+
 class ScanSync(Settings):
     """The scan the detector's frames belong to, for detectors that send no scan positions: frame
     k of a series is placed by this geometry, never by guessing."""
@@ -102,11 +111,7 @@ class OverviewSettings(Settings):
     @field_validator("affine", mode="before")
     @classmethod
     def _affine_from_text(cls, value):
-        if isinstance(value, str):
-            value = [v for v in value.replace(";", ",").replace(" ", ",").split(",") if v]
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(r, (list, tuple)) for r in value):
-            value = [*value[0], *value[1]]
-        return value
+        return affine_from_text(value)
 
     def affine_matrix(self) -> np.ndarray | None:
         return None if self.affine is None else np.asarray(self.affine, np.float64).reshape(2, 3)

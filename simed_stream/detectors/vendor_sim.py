@@ -75,6 +75,14 @@ class VendorSimulator(ABC):
     def end_series(self, series: SimSeries, complete: bool) -> None: ...
 
     # -- streaming
+    def run(self, sources, loop: bool = False) -> None:
+        """Stream each source (a `SeriesSource` or a function making one), again and again with `loop`."""
+        while True:
+            for make in sources:
+                self.stream(make() if callable(make) else make)
+            if not loop:
+                return
+
     def scan_map(self, source: SeriesSource) -> ScanMap:
         scan = source.start_fields["scan"]
         return ScanMap(ScanSync(shape=tuple(scan["nav_shape"]), frames_per_position=scan["frames_per_position"],

@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Received:
-    """One queued item: a decoded message, a rejected one, a quiet tick or the last item."""
+    """One queued item: a decoded message, a rejected one, a loose overview (`overviews.py`), a
+    quiet tick or the last item."""
 
-    kind: Literal["message", "rejected", "tick", "stop"]
+    kind: Literal["message", "rejected", "overview", "tick", "stop"]
     received_ns: int  # time.time_ns() at receipt: the capture's arrival time and the lag
     wire_ns: int  # the wire clock at receipt
     message: Message | None = None
@@ -74,11 +75,14 @@ class Wire:
             self.adapter.close()
             self._opened = False
 
-    def put_event(self, event: Decoded) -> None:
-        """An event from another input of the receiver (an overview file), from its own thread:
-        queued like the wire's, waiting while the queue is full (not counted as wire time)."""
-        item = Received("message" if event.error is None else "rejected", time.time_ns(), self.clock_ns(),
-                        event.message, event.header_bytes, event.error)
+    def put_input(self, payload) -> None:
+        """What another input of the receiver hands over from its own thread (a loose overview,
+        or a rejection): queued like the wire's, waiting while the queue is full."""
+        if isinstance(payload, Decoded):
+            item = Received("rejected" if payload.error else "message", time.time_ns(), self.clock_ns(),
+                            payload.message, payload.header_bytes, payload.error)
+        else:
+            item = Received("overview", time.time_ns(), self.clock_ns(), payload)
         while not self._stop.is_set():
             try:
                 self.queue.put(item, timeout=0.1)
