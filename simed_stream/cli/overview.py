@@ -39,7 +39,7 @@ def overview(command: OverviewCommand) -> int:
     import zmq
 
     from simed_stream.ingest.overviews import ANY_SERIES
-    from simed_stream.overview_file import read_overview
+    from simed_stream.image_files import read_overview
     from simed_stream.protocol import encode_overview
 
     image = read_overview(command.file)

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from simed_stream.errors import SimedError
 from simed_stream.live.pipeline import LivePipeline
 from simed_stream.live.settings import LiveSettings
@@ -109,7 +111,12 @@ def vendor_settings(settings: LiveSettings, capture: Path, source, overview_dir:
         header = first[1]
         overview |= {"affine": tuple(v for row in header["affine_scan_to_overview"] for v in row),
                      "pixel_size_A": header["pixel_size_A"]}
-    return {"scan": settings.scan.model_copy(update={"shape": tuple(scan["nav_shape"]), "pattern": scan["pattern"],
+    mask = None
+    if source.pixel_mask is not None and settings.source != "dectris":  # Merlin and Serval streams carry none
+        mask = overview_dir.parent / "pixel_mask.npy"
+        np.save(mask, source.pixel_mask)
+    return {"pixel_mask": mask,
+            "scan": settings.scan.model_copy(update={"shape": tuple(scan["nav_shape"]), "pattern": scan["pattern"],
                                                      "frames_per_position": scan["frames_per_position"]}),
             "optics": settings.optics.model_copy(update=optics),
             "overview": settings.overview.model_copy(update=overview)}

@@ -20,6 +20,7 @@ import numpy as np
 from simed_stream.detectors.base import Decoded
 from simed_stream.detectors.scan_map import EXTRA, IN_SCAN, ScanMap
 from simed_stream.detectors.settings import SourceSettings
+from simed_stream.image_files import read_pixel_mask
 from simed_stream.protocol import (ProtocolError, decode, encode_frames, encode_series_end,
                                    encode_series_start)
 
@@ -67,6 +68,8 @@ class SeriesBuilder:
         self.msg_seq = 0
         self.series: _Open | None = None
         self._used_ids: set[str] = set()
+        # read now: a bad mask file is a bad setting, said when the receiver starts
+        self._mask = read_pixel_mask(settings.pixel_mask) if settings.pixel_mask is not None else None
 
     @property
     def open(self) -> bool:
@@ -166,6 +169,8 @@ class SeriesBuilder:
     def _start(self) -> list[Decoded]:
         series = self.series
         series.started = True
+        if series.vendor.pixel_mask is None and self.settings.pixel_mask is not None:
+            series.vendor.pixel_mask = self._configured_mask(series)
         parts = encode_series_start(series.vendor.series_id, self._seq(), self._start_fields(series.vendor),
                                     series.vendor.pixel_mask)
         events = [self._decoded(parts)]
@@ -191,6 +196,13 @@ class SeriesBuilder:
                        "endpoint": self.settings.data_endpoint, "frames_announced": vendor.frames_announced,
                        "header": vendor.header},
         }
+
+    def _configured_mask(self, series: _Open) -> np.ndarray | None:
+        if self._mask.shape != tuple(series.vendor.sig_shape):
+            series.notes.append(f"pixel mask {self.settings.pixel_mask} is {list(self._mask.shape)}, the frames "
+                                f"{list(series.vendor.sig_shape)}: not used")
+            return None
+        return self._mask
 
     def _flush(self) -> list[Decoded]:
         series = self.series

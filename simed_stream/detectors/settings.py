@@ -136,6 +136,8 @@ class SourceSettings(Settings):
                                "dectris tcp://127.0.0.1:31001, merlin :6342, serval :8088 (tcp://listen@HOST:PORT: "
                                "wait for Serval to connect)", json_schema_extra=cli("--data-endpoint", "--data"))
     scan: ScanSync = ScanSync()
+    pixel_mask: Optional[Path] = Field(None, description="bad pixels (.npy, .tif, .mrc; nonzero = bad), for "
+                                       "detectors whose stream sends no mask (Merlin, Serval)")
     optics: OpticsSettings = OpticsSettings()
     overview: OverviewSettings = OverviewSettings()
     dectris: DectrisOptions = DectrisOptions()

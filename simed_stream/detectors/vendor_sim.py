@@ -21,7 +21,7 @@ import numpy as np
 from simed_stream.detectors.scan_map import ScanMap
 from simed_stream.detectors.series_source import SeriesSource
 from simed_stream.detectors.settings import ScanSync
-from simed_stream.overview_file import write_overview
+from simed_stream.image_files import write_overview
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class SimSeries:
     frames: int  # detector frames it will announce
     sig_shape: tuple[int, int]
     dtype: np.dtype
+    pixel_mask: np.ndarray | None = None  # for the formats that carry one (DECTRIS)
     sent: list[int] = field(default_factory=list)  # detector frame indices sent whole
 
 
@@ -97,7 +98,7 @@ class VendorSimulator(ABC):
             frames = min(frames, self.faults.stop_after)  # a shorter series, announced as such
         self.series_count += 1
         series = SimSeries(source.series_id, self.series_count, frames, tuple(detector["sig_shape"]),
-                           vendor_dtype(np.dtype(detector["dtype"])))
+                           vendor_dtype(np.dtype(detector["dtype"])), source.pixel_mask)
         self.last = series
         self.begin_series(series)
         next_index, started, overview = 0, time.monotonic(), None

@@ -23,7 +23,7 @@ import zmq
 
 from simed_stream.detectors.base import Decoded
 from simed_stream.errors import SimedError
-from simed_stream.overview_file import SUFFIXES, read_overview
+from simed_stream.image_files import SUFFIXES, read_overview
 from simed_stream.protocol import OverviewImage, ProtocolError, decode, encode_overview
 
 log = logging.getLogger("simed_stream.ingest")

@@ -49,18 +49,27 @@ class DectrisSimulator(VendorSimulator):
     def begin_series(self, series: SimSeries) -> None:
         h, w = series.sig_shape
         self.unique_id = f"SIM{series.number:08d}"
-        if self.version == 1:
-            header = {"htype": "dheader-1.0", "series": series.number, "header_detail": "basic"}
+        mask = None if series.pixel_mask is None else np.ascontiguousarray(series.pixel_mask, "<u4")
+        if self.version == 1:  # with a mask, header detail "all": its dpixelmask-1.0 part and blob follow
+            header = {"htype": "dheader-1.0", "series": series.number,
+                      "header_detail": "basic" if mask is None else "all"}
             config = {"description": "simed DECTRIS simulator", "nimages": series.frames, "ntrigger": 1,
                       "x_pixels_in_detector": w, "y_pixels_in_detector": h, "bit_depth_image": 8 * series.dtype.itemsize,
                       "x_pixel_size": 55e-6, "y_pixel_size": 55e-6, "compression": self.compression}
-            self.send([_json(header), _json(config)])
+            parts = [_json(header), _json(config)]
+            if mask is not None:
+                parts += [_json({"htype": "dpixelmask-1.0", "shape": [w, h], "type": "uint32"}), mask.tobytes()]
+            self.send(parts)
         else:
-            self.send([_cbor({"type": "start", "series_id": series.number, "series_unique_id": self.unique_id,
-                              "channels": ["threshold_1"], "number_of_images": series.frames,
-                              "image_size_x": w, "image_size_y": h, "detector_description": "simed DECTRIS simulator",
-                              "pixel_size_x": 55e-6, "pixel_size_y": 55e-6,
-                              "arm_date": datetime.now(timezone.utc)})])
+            start = {"type": "start", "series_id": series.number, "series_unique_id": self.unique_id,
+                     "channels": ["threshold_1"], "number_of_images": series.frames,
+                     "image_size_x": w, "image_size_y": h, "detector_description": "simed DECTRIS simulator",
+                     "pixel_size_x": 55e-6, "pixel_size_y": 55e-6, "arm_date": datetime.now(timezone.utc)}
+            if mask is not None:
+                import cbor2
+
+                start["pixel_mask"] = {"threshold_1": cbor2.CBORTag(40, [[h, w], cbor2.CBORTag(70, mask.tobytes())])}
+            self.send([_cbor(start)])
 
     def send_frame(self, series: SimSeries, index: int, pixels: np.ndarray, truncate: bool) -> None:
         blob = self._encoded(pixels)

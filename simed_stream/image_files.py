@@ -1,4 +1,6 @@
-"""The microscope's overview image as a file: MRC (mrcfile) or TIFF (tifffile).
+"""Images as files: the microscope's overview (MRC or TIFF) and a detector's bad-pixel mask.
+
+The overview, MRC (mrcfile) or TIFF (tifffile).
 
 Read: the image as float32, its pixel size when the header has one (MRC voxel size; TIFF: an
 ImageDescription JSON with `pixel_size_A`, or the resolution tags in cm/inch) and the scan →
@@ -121,3 +123,27 @@ def write_overview(path: str | Path, image: np.ndarray, pixel_size_A: float,
         tifffile.imwrite(temporary, image, description=json.dumps(description), metadata=None)
     os.replace(temporary, path)
     return path
+
+
+def read_pixel_mask(path: str | Path) -> np.ndarray:
+    """A bad-pixel mask (.npy, .tif, .mrc; nonzero = bad) as a (h, w) u1 array; SimedError if unusable."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            mask = np.load(path, allow_pickle=False)
+        elif path.suffix.lower() == ".mrc":
+            import mrcfile
+
+            with mrcfile.open(path) as mrc:
+                mask = np.array(mrc.data)
+        else:
+            import tifffile
+
+            mask = tifffile.imread(path)
+    except Exception as error:  # numpy, tifffile and mrcfile raise ValueError, OSError, ...
+        raise SimedError(f"pixel mask {path}: not readable ({error})") from None
+    mask = np.squeeze(mask)
+    if mask.ndim != 2 or not all(0 < side <= MAX_SIDE_PX for side in mask.shape):
+        raise SimedError(f"pixel mask {path}: one 2-D image expected, got shape {list(mask.shape)}")
+    return (mask != 0).astype(np.uint8)
+
