@@ -54,8 +54,10 @@ class _Open:
     last_frame: int = -1
     notes: list[str] = field(default_factory=list)
     early_rejections: list[ProtocolError] = field(default_factory=list)  # before the start could be sent
-    batch: list[tuple[int, np.ndarray, np.ndarray, int]] = field(default_factory=list)  # (id, yx, pixels, t)
-    batch_ids: set[int] = field(default_factory=set)
+    batch: np.ndarray | None = None  # frames waiting to go as one message, copied in as they come
+    batch_ids: list[int] = field(default_factory=list)
+    batch_yx: list[tuple[int, int]] = field(default_factory=list)
+    batch_t: list[int] = field(default_factory=list)
 
 
 class SeriesBuilder:
@@ -87,32 +89,36 @@ class SeriesBuilder:
         return events
 
     def frame(self, index: int, pixels: np.ndarray, timestamp_ns: int | None = None) -> list[Decoded]:
-        """Detector frame `index` (0-based in its series) with its pixels, in a simed frame dtype."""
+        """Detector frame `index` (0-based in its series). `pixels` may be a view in the wire's byte
+        order: it is copied at once, into the batch, as the little-endian simed dtype."""
         series = self.series
         series.frames_seen += 1
         series.last_frame = max(series.last_frame, index)
-        placed = self.map.place(np.array([index]))
-        kind = int(placed.kind[0])
+        kind, frame_id, y, x = self.map.place_one(index)
         if kind != IN_SCAN:
             if kind == EXTRA:
                 series.extra += 1
             else:
                 series.skipped += 1
             return []
+        dtype = pixels.dtype.newbyteorder("<") if pixels.dtype.itemsize > 1 else pixels.dtype
         events = []
         if not series.started:
             series.vendor.sig_shape = series.vendor.sig_shape or tuple(pixels.shape)
-            series.vendor.dtype = series.vendor.dtype or pixels.dtype.str
+            series.vendor.dtype = series.vendor.dtype or dtype.str
             events += self._start()
-        frame_id = int(placed.frame_ids[0])
-        first = series.batch[0][2] if series.batch else None
-        if first is not None and (frame_id in series.batch_ids or first.shape != pixels.shape
-                                  or first.dtype != pixels.dtype):
+        batch = series.batch
+        if batch is not None and (frame_id in series.batch_ids or batch.shape[1:] != pixels.shape
+                                  or batch.dtype != dtype):
             events += self._flush()
-        series.batch.append((frame_id, placed.scan_yx[0], pixels, timestamp_ns or time.time_ns()))
-        series.batch_ids.add(frame_id)
-        if len(series.batch) >= self.batch_frames or \
-                len(series.batch) * pixels.nbytes > self.max_message_bytes // 2:
+        if series.batch is None:
+            size = max(1, min(self.batch_frames, self.max_message_bytes // 2 // max(1, pixels.nbytes)))
+            series.batch = np.empty((size, *pixels.shape), dtype)
+        series.batch[len(series.batch_ids)] = pixels
+        series.batch_ids.append(frame_id)
+        series.batch_yx.append((y, x))
+        series.batch_t.append(timestamp_ns or time.time_ns())
+        if len(series.batch_ids) == len(series.batch):
             events += self._flush()
         return events
 
@@ -206,13 +212,12 @@ class SeriesBuilder:
 
     def _flush(self) -> list[Decoded]:
         series = self.series
-        if not series.batch:
+        if not series.batch_ids:
             return []
-        ids = np.array([b[0] for b in series.batch], np.uint64)
-        yx = np.stack([b[1] for b in series.batch])
-        stamps = np.array([b[3] for b in series.batch], np.uint64)
-        pixels = np.stack([b[2] for b in series.batch])
-        series.batch, series.batch_ids = [], set()
+        n = len(series.batch_ids)
+        ids, yx = np.array(series.batch_ids, np.uint64), np.array(series.batch_yx, np.int32)
+        stamps, pixels = np.array(series.batch_t, np.uint64), series.batch[:n]
+        series.batch, series.batch_ids, series.batch_yx, series.batch_t = None, [], [], []
         return [self._decoded(encode_frames(series.vendor.series_id, self._seq(), ids, yx, stamps, pixels))]
 
     def _decoded(self, parts: list) -> Decoded:

@@ -40,8 +40,10 @@ class TcpSender:
 
     def send(self, *chunks: bytes) -> None:
         self.wait_for_peer()
-        for chunk in chunks:
-            self.connection.sendall(chunk)
+        total = sum(len(c) for c in chunks)
+        sent = self.connection.sendmsg(chunks)
+        if sent < total:  # the kernel took part: the rest as one piece
+            self.connection.sendall(b"".join(chunks)[sent:])
 
     def disconnect(self) -> None:
         if self.connection is not None:

@@ -12,7 +12,9 @@ frame's fate.
 from __future__ import annotations
 
 import time
+import zlib
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,23 @@ from simed_stream.detectors.scan_map import ScanMap
 from simed_stream.detectors.series_source import SeriesSource
 from simed_stream.detectors.settings import ScanSync
 from simed_stream.image_files import write_overview
+
+
+class EncodedCache:
+    """A frame's encoding (compressed, byte-swapped), kept for the next time the same pixels go
+    out: a benchmark's detector sends a small pool of frames and must not be the bottleneck."""
+
+    def __init__(self, size: int = 256):
+        self.size, self._items = size, OrderedDict()
+
+    def get(self, pixels: np.ndarray, encode) -> bytes:
+        key = (pixels.dtype.str, pixels.shape, zlib.crc32(pixels))
+        data = self._items.get(key)
+        if data is None:
+            data = self._items[key] = encode()
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return data
 
 
 @dataclass(frozen=True)

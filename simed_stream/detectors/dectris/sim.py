@@ -9,15 +9,13 @@ pool of frames pays for compression once per distinct frame.
 from __future__ import annotations
 
 import json
-import zlib
-from collections import OrderedDict
 from datetime import datetime, timezone
 
 import numpy as np
 import zmq
 
 from simed_stream.detectors.dectris.compression import compress_bslz4, compress_lz4_block, compress_lz4_hdf5
-from simed_stream.detectors.vendor_sim import SimSeries, VendorSimulator
+from simed_stream.detectors.vendor_sim import EncodedCache, SimSeries, VendorSimulator
 
 V1_TYPES = {"|u1": "uint8", "<u2": "uint16", "<u4": "uint32"}
 V2_TAGS = {"|u1": 68, "<u2": 69, "<u4": 70}
@@ -35,7 +33,7 @@ class DectrisSimulator(VendorSimulator):
         self.socket.setsockopt(zmq.SNDHWM, 64)
         self.socket.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
         self.socket.bind(endpoint)
-        self._cache: OrderedDict[tuple, bytes] = OrderedDict()
+        self._cache = EncodedCache()
         self.unique_id = ""
 
     def close(self) -> None:
@@ -101,19 +99,14 @@ class DectrisSimulator(VendorSimulator):
             self.send([_cbor({"type": "end", "series_id": series.number, "series_unique_id": self.unique_id})])
 
     def _encoded(self, pixels: np.ndarray) -> bytes:
-        key = (pixels.dtype.str, pixels.shape, zlib.crc32(pixels), self.version)
-        blob = self._cache.get(key)
-        if blob is None:
+        def encode() -> bytes:
             if self.compression == "bslz4":
-                blob = compress_bslz4(pixels)
-            elif self.compression == "lz4":
-                blob = compress_lz4_block(pixels.tobytes()) if self.version == 1 else compress_lz4_hdf5(pixels.tobytes())
-            else:
-                blob = pixels.tobytes()
-            self._cache[key] = blob
-            if len(self._cache) > 256:
-                self._cache.popitem(last=False)
-        return blob
+                return compress_bslz4(pixels)
+            if self.compression == "lz4":
+                return compress_lz4_block(pixels.tobytes()) if self.version == 1 else compress_lz4_hdf5(pixels.tobytes())
+            return pixels.tobytes()
+
+        return self._cache.get(pixels, encode)
 
 
 def _json(value: dict) -> bytes:

@@ -28,7 +28,7 @@ from simed_stream.detectors.tcp_stream import TcpStream
 
 PREFIX_BYTES = 15
 PREFIX = re.compile(rb"MPX,(\d{10}),")
-PIXEL_TYPES = {"U08": (">u1", "|u1"), "U16": (">u2", "<u2"), "U32": (">u4", "<u4")}
+PIXEL_TYPES = {"U08": (">u1",), "U16": (">u2",), "U32": (">u4",)}
 QUIET_END_S = 0.5
 
 
@@ -174,7 +174,7 @@ class MerlinAdapter(Adapter):
         if truncated or len(data) != expected:
             raise ValueError(f"{len(data)} pixel bytes, a {w}×{h} {header['pixel_type']} frame has {expected}"
                              + (" (cut short)" if truncated else ""))
-        return np.frombuffer(data, types[0]).reshape(h, w).astype(types[1])
+        return np.frombuffer(data, types[0]).reshape(h, w)  # a view: the builder copies it, little-endian
 
     # -- ends
     def _maybe_end(self, index: int) -> list[Decoded]:

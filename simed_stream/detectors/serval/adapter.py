@@ -134,7 +134,7 @@ class ServalAdapter(Adapter):
         self.last_number, self.last_frame_s = number, time.monotonic()
         if pixels is None:
             return events + self.builder.reject(f"Serval frame {number}: cut short (the next header came early)", number)
-        array = np.frombuffer(pixels, self.order + kind).reshape(shape).astype("<" + kind if kind != "u1" else "|u1")
+        array = np.frombuffer(pixels, self.order + kind).reshape(shape)  # a view: the builder copies it
         stamp = header.get("timeAtFrame")
         return events + self.builder.frame(number, array, int(stamp) if isinstance(stamp, (int, float)) and stamp > 0
                                            else None)

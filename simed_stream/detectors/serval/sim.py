@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from simed_stream.detectors.tcp_sim import TcpSender
-from simed_stream.detectors.vendor_sim import SimSeries, VendorSimulator
+from simed_stream.detectors.vendor_sim import EncodedCache, SimSeries, VendorSimulator
 
 
 def jsonimage_header(pixels: np.ndarray, number: int, variant: str, measurement: int) -> bytes:
@@ -33,6 +33,7 @@ class ServalSimulator(VendorSimulator):
         self.variant, self.order = variant, ">" if byte_order == "big" else "<"
         self.sender = TcpSender(endpoint)
         self.port = self.sender.port
+        self.cache = EncodedCache()
 
     def close(self) -> None:
         self.sender.close()
@@ -41,9 +42,9 @@ class ServalSimulator(VendorSimulator):
         pass  # Serval announces nothing: the first frame begins the measurement
 
     def send_frame(self, series: SimSeries, index: int, pixels: np.ndarray, truncate: bool) -> None:
-        data = pixels.astype(pixels.dtype.newbyteorder(self.order)).tobytes()
-        message = jsonimage_header(pixels, index, self.variant, series.number) + data
-        self.sender.send(message[: len(message) - len(data) // 2] if truncate else message)
+        data = self.cache.get(pixels, lambda: pixels.astype(pixels.dtype.newbyteorder(self.order)).tobytes())
+        header = jsonimage_header(pixels, index, self.variant, series.number)
+        self.sender.send(header, data[: len(data) // 2] if truncate else data)
 
     def send_garbage(self, data: bytes) -> None:
         self.sender.send(data.replace(b"{", b"("))
