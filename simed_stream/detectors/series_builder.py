@@ -58,14 +58,16 @@ class _Open:
     batch_ids: list[int] = field(default_factory=list)
     batch_yx: list[tuple[int, int]] = field(default_factory=list)
     batch_t: list[int] = field(default_factory=list)
+    batch_since: float = 0.0  # monotonic: when the batch's first frame came
 
 
 class SeriesBuilder:
     """One adapter's series, one at a time; its own msg_seq counts the messages it writes."""
 
-    def __init__(self, settings: SourceSettings, max_message_bytes: int, batch_frames: int = 64):
+    def __init__(self, settings: SourceSettings, max_message_bytes: int, batch_frames: int = 64,
+                 max_batch_wait_s: float = 0.05):
         self.settings, self.max_message_bytes = settings, max_message_bytes
-        self.batch_frames = batch_frames
+        self.batch_frames, self.max_batch_wait_s = batch_frames, max_batch_wait_s
         self.map = ScanMap(settings.scan)
         self.msg_seq = 0
         self.series: _Open | None = None
@@ -114,6 +116,7 @@ class SeriesBuilder:
         if series.batch is None:
             size = max(1, min(self.batch_frames, self.max_message_bytes // 2 // max(1, pixels.nbytes)))
             series.batch = np.empty((size, *pixels.shape), dtype)
+            series.batch_since = time.monotonic()
         series.batch[len(series.batch_ids)] = pixels
         series.batch_ids.append(frame_id)
         series.batch_yx.append((y, x))
@@ -146,6 +149,14 @@ class SeriesBuilder:
     def flush(self) -> list[Decoded]:
         """The frames batched so far, as one message (the adapter calls it when the wire goes quiet)."""
         return self._flush() if self.series is not None else []
+
+    def flush_if_due(self) -> list[Decoded]:
+        """The batch, once its first frame has waited `max_batch_wait_s`: a steady stream goes in
+        full batches, and no frame waits long for the rest of its batch."""
+        series = self.series
+        if series is None or not series.batch_ids or time.monotonic() - series.batch_since < self.max_batch_wait_s:
+            return []
+        return self._flush()
 
     def end(self, status: str = "complete", note: str | None = None) -> list[Decoded]:
         """The series is over: its last frames, then series_end with what fell outside the scan."""

@@ -37,13 +37,18 @@ class TcpSender:
             self.server.settimeout(self.timeout_s)
             self.connection, _ = self.server.accept()
         self.connection.settimeout(self.timeout_s)
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
 
     def send(self, *chunks: bytes) -> None:
         self.wait_for_peer()
-        total = sum(len(c) for c in chunks)
-        sent = self.connection.sendmsg(chunks)
-        if sent < total:  # the kernel took part: the rest as one piece
-            self.connection.sendall(b"".join(chunks)[sent:])
+        views = [memoryview(c) for c in chunks]
+        while views:
+            sent = self.connection.sendmsg(views)
+            while views and sent >= len(views[0]):  # drop what the kernel took, whole chunks first
+                sent -= len(views[0])
+                views.pop(0)
+            if views:
+                views[0] = views[0][sent:]
 
     def disconnect(self) -> None:
         if self.connection is not None:

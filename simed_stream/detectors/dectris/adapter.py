@@ -2,8 +2,8 @@
 (stream v2: port 31001; stream v1: 9999). Each message is told apart by its first byte — a JSON
 part (`{`) is stream v1, anything else is read as stream v2's CBOR — so one setting serves both.
 
-Frames are handed on in batches: whatever arrived together goes as one frames message, so the
-receiver pays its per-message cost once per batch, not once per frame.
+Frames are handed on in batches (`SeriesBuilder`: 64 frames, or what came within 50 ms, or
+what came before the wire went quiet), so the receiver pays its per-message cost once a batch.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ class DectrisAdapter(Adapter):
         for _ in range(MAX_MESSAGES_PER_POLL):
             parts = self.pull.receive_ready()
             if parts is None:
-                return events + self.builder.flush()  # the wire is quiet: hand on what came
+                break
             events += self._message(parts)
-        return events
+        return events + self.builder.flush_if_due()
 
     def _message(self, parts) -> list[Decoded]:
         first = parts[0].buffer

@@ -85,13 +85,15 @@ class MerlinAdapter(Adapter):
     def poll(self, timeout_ms: int) -> list[Decoded]:
         state = self.stream.poll(timeout_ms)
         if state == "closed":
-            return self._parse() + self._closed()
+            return self._parse(quiet=True) + self._closed()
         if state is None:
-            return self.builder.flush() + self._quiet_end()
-        return self._parse()
+            return self._parse(quiet=True) + self._quiet_end()
+        return self._parse(quiet=False)
 
     # -- messages
-    def _parse(self) -> list[Decoded]:
+    def _parse(self, quiet: bool) -> list[Decoded]:
+        """Each message is taken once the next one's `MPX,` follows it (or the wire is quiet): one
+        that does not end there is searched for a cut — the search costs, so only then."""
         events, stream = [], self.stream
         while stream.available() >= PREFIX_BYTES:
             match = PREFIX.fullmatch(bytes(stream.view(0, PREFIX_BYTES)))
@@ -102,16 +104,19 @@ class MerlinAdapter(Adapter):
             if not 0 < length <= self.max_message_bytes:
                 events += self._resync(f"an MPX message of {length} bytes (the limit is {self.max_message_bytes})")
                 continue
-            inner = stream.find(b"MPX,", PREFIX_BYTES, length)
-            if inner >= 0 and PREFIX.match(bytes(stream.view(inner, PREFIX_BYTES))):
-                events += self._message(stream.view(PREFIX_BYTES, inner - PREFIX_BYTES), truncated=True)
-                stream.consume(inner)
-                continue
-            if stream.available() < PREFIX_BYTES + length:
+            end = PREFIX_BYTES + length
+            followed = stream.available() >= end + 4 and bytes(stream.view(end, 4)) == b"MPX,"
+            if not followed and (quiet or stream.available() >= end + 4):
+                inner = stream.find(b"MPX,", PREFIX_BYTES, length)
+                if inner >= 0 and PREFIX.match(bytes(stream.view(inner, PREFIX_BYTES))):
+                    events += self._message(stream.view(PREFIX_BYTES, inner - PREFIX_BYTES), truncated=True)
+                    stream.consume(inner)
+                    continue
+            if stream.available() < end or not (followed or quiet or stream.available() >= end + 4):
                 break
             events += self._message(stream.view(PREFIX_BYTES, length))
-            stream.consume(PREFIX_BYTES + length)
-        return events + self.builder.flush()
+            stream.consume(end)
+        return events + (self.builder.flush() if quiet else self.builder.flush_if_due())
 
     def _resync(self, what: str) -> list[Decoded]:
         at = self.stream.find(b"MPX,", 1)

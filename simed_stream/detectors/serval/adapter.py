@@ -72,12 +72,14 @@ class ServalAdapter(Adapter):
     def poll(self, timeout_ms: int) -> list[Decoded]:
         state = self.stream.poll(timeout_ms)
         if state == "closed":
-            return self._parse() + self._end_of("the connection closed", discard=True)
+            return self._parse(quiet=True) + self._end_of("the connection closed", discard=True)
         if state is None:
-            return self.builder.flush() + self._quiet_end()
-        return self._parse()
+            return self._parse(quiet=True) + self._quiet_end()
+        return self._parse(quiet=False)
 
-    def _parse(self) -> list[Decoded]:
+    def _parse(self, quiet: bool) -> list[Decoded]:
+        """A frame is taken once the next header's `{` follows its pixels (or the wire is quiet);
+        one that is not followed so is searched for a header inside it — only then: it costs."""
         events, stream = [], self.stream
         while stream.available():
             if bytes(stream.view(0, 1)) != b"{":
@@ -99,13 +101,15 @@ class ServalAdapter(Adapter):
                 events += self._resync(f"a {nbytes}-byte frame (the limit is {self.max_message_bytes})")
                 continue
             start = newline + 1
-            cut = self._next_header(start, nbytes)
-            if cut is None and stream.available() < start + nbytes:
+            end, available = start + nbytes, stream.available()
+            followed = available > end and bytes(stream.view(end, 1)) == b"{"
+            cut = self._next_header(start, nbytes) if not followed and (quiet or available > end) else None
+            if cut is None and (available < end or not (followed or quiet or available > end)):
                 break
             pixels = None if cut is not None else stream.view(start, nbytes)
             events += self._frame(header, pixels, (height, width), kind)
             stream.consume(cut if cut is not None else start + nbytes)
-        return events + self.builder.flush()
+        return events + (self.builder.flush() if quiet else self.builder.flush_if_due())
 
     def _next_header(self, start: int, nbytes: int) -> int | None:
         """Where a frame cut short ends: a complete header line inside its pixels (checked, not guessed)."""
