@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import hdf5plugin  # noqa: F401  (the capture's frame filter)
 import numpy as np
 
 from simed_stream.detectors.series_source import SeriesSource
+from simed_stream.detectors.vendor_sim import SimFaults
 from simed_stream.ingest import Receiver, ReceiverSettings
 from simed_stream.protocol import scan_order
 
@@ -96,3 +98,37 @@ def assert_accounted(accounting: dict) -> None:
     a = accounting
     assert a["received"] + a["rejected"] + a["dropped_at_source"] + a["missing"] == a["frames_expected"], a
     assert min(a["received"], a["rejected"], a["missing"]) >= 0, a
+
+
+#: one series each, over a 3×4 scan of 2 frames a position (24): frames 3 and 10 truncated and
+#: garbage before frame 5; stopped after 15 frames; 4 frames more than the scan; clean; gone after 9
+FAULT_PLANS = [SimFaults(truncate=frozenset({3, 10}), garbage=frozenset({5})), SimFaults(stop_after=15),
+               SimFaults(extra_frames=4), SimFaults(), SimFaults(stop_after=9, disconnect=True)]
+
+
+def check_fault_series(summaries, short_status: str, gone_status: str) -> None:
+    """What `FAULT_PLANS` must come to, whatever the detector: every frame accounted for."""
+    assert len(summaries) == len(FAULT_PLANS)
+    for summary in summaries:
+        assert_accounted(summary.accounting)
+    truncated, short, long, clean, gone = (s.accounting for s in summaries)
+    assert truncated["rejected"] == 2 and truncated["received"] == 22 and truncated["rejected_messages"] >= 3
+    assert short["received"] == 15 and short["missing"] == 9 and summaries[1].end_status == short_status
+    assert long["received"] == 24 and long["extra"] == 4
+    assert clean["received"] == 24 and clean["missing"] == 0 and clean["rejected_messages"] == 0
+    assert gone["received"] == 9 and gone["missing"] == 15 and summaries[4].end_status == gone_status
+
+
+def run_fault_plans(sim, settings: ReceiverSettings, pause_s=lambda number: 0.0) -> list:
+    """`FAULT_PLANS` through one simulator (one connection), series after series; closes it."""
+    def send():
+        for number, faults in enumerate(FAULT_PLANS):
+            sim.faults = faults
+            sim.stream(scan_source(f"s{number}", (3, 4), 2))
+            time.sleep(pause_s(number))
+
+    try:
+        return run_receiver(settings, send, series=len(FAULT_PLANS))
+    finally:
+        sim.close()
+

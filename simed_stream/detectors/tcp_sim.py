@@ -7,6 +7,7 @@ import socket
 import time
 
 from simed_stream.detectors.tcp_stream import parse_endpoint
+from simed_stream.detectors.vendor_sim import EncodedCache, SimSeries, VendorSimulator
 
 
 class TcpSender:
@@ -59,3 +60,21 @@ class TcpSender:
         self.disconnect()
         if self.server is not None:
             self.server.close()
+
+
+class TcpSimulator(VendorSimulator):
+    """A vendor simulator on a TCP data port; a series that does not complete drops the connection."""
+
+    def __init__(self, endpoint: str, **options):
+        super().__init__(**options)
+        self.sender = TcpSender(endpoint)
+        self.port = self.sender.port
+        self.cache = EncodedCache()
+
+    def close(self) -> None:
+        self.sender.close()
+
+    def end_series(self, series: SimSeries, complete: bool) -> None:
+        if not complete:
+            self.sender.disconnect()
+

@@ -8,33 +8,26 @@ what came before the wire went quiet), so the receiver pays its per-message cost
 
 from __future__ import annotations
 
-from simed_stream.detectors.base import Adapter, Decoded
+from simed_stream.detectors.base import Decoded
 from simed_stream.detectors.dectris.stream_v1 import StreamV1
 from simed_stream.detectors.dectris.stream_v2 import StreamV2
 from simed_stream.detectors.series_builder import SeriesBuilder
 from simed_stream.detectors.settings import SourceSettings
+from simed_stream.detectors.vendor_adapter import VendorAdapter
 from simed_stream.detectors.zmq_pull import PullSocket
 
 MAX_MESSAGES_PER_POLL = 256
 
 
-class DectrisAdapter(Adapter):
+class DectrisAdapter(VendorAdapter):
     name = "dectris"
 
     def __init__(self, settings: SourceSettings, rcvhwm: int, max_message_bytes: int):
-        self.pull = PullSocket(settings.data_endpoint, max(rcvhwm, 64), 2 * max_message_bytes)
-        self.builder = SeriesBuilder(settings, max_message_bytes)
+        super().__init__(PullSocket(settings.data_endpoint, max(rcvhwm, 64), 2 * max_message_bytes),
+                         SeriesBuilder(settings, max_message_bytes))
+        self.pull = self.transport
         self.v1 = StreamV1(self.builder)
         self.v2 = StreamV2(self.builder, settings.dectris.channel)
-
-    def open(self) -> None:
-        self.pull.open()
-
-    def close(self) -> None:
-        self.pull.close()
-
-    def flush(self) -> list[Decoded]:
-        return self.builder.flush()
 
     def poll(self, timeout_ms: int) -> list[Decoded]:
         parts = self.pull.receive(timeout_ms)

@@ -21,10 +21,10 @@ import time
 
 import numpy as np
 
-from simed_stream.detectors.base import Adapter, Decoded
-from simed_stream.detectors.series_builder import SeriesBuilder, VendorSeries
+from simed_stream.detectors.base import Decoded
+from simed_stream.detectors.series_builder import VendorSeries
 from simed_stream.detectors.settings import SourceSettings
-from simed_stream.detectors.tcp_stream import TcpStream
+from simed_stream.detectors.vendor_adapter import TcpAdapter
 
 PREFIX_BYTES = 15
 PREFIX = re.compile(rb"MPX,(\d{10}),")
@@ -60,35 +60,15 @@ def parse_frame_header(payload: memoryview) -> dict:
             "counter_depth": depth}
 
 
-class MerlinAdapter(Adapter):
+class MerlinAdapter(TcpAdapter):
     name = "merlin"
 
     def __init__(self, settings: SourceSettings, max_message_bytes: int):
-        self.stream = TcpStream(settings.data_endpoint, max_message_bytes)
-        self.builder = SeriesBuilder(settings, max_message_bytes)
-        self.max_message_bytes = max_message_bytes
+        super().__init__(settings, max_message_bytes)
         self.acquisition: dict[str, str] = {}
         self.announced: int | None = None
         self.first_sequence = 1  # the sequence number of the series' first frame
-        self.last_frame_s = 0.0
         self.series_count = 0
-
-    def open(self) -> None:
-        self.stream.open()
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def flush(self) -> list[Decoded]:
-        return self.builder.flush()
-
-    def poll(self, timeout_ms: int) -> list[Decoded]:
-        state = self.stream.poll(timeout_ms)
-        if state == "closed":
-            return self._parse(quiet=True) + self._closed()
-        if state is None:
-            return self._parse(quiet=True) + self._quiet_end()
-        return self._parse(quiet=False)
 
     # -- messages
     def _parse(self, quiet: bool) -> list[Decoded]:

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from simed_stream.detectors.tcp_sim import TcpSender
-from simed_stream.detectors.vendor_sim import EncodedCache, SimSeries, VendorSimulator
+from simed_stream.detectors.tcp_sim import TcpSimulator
+from simed_stream.detectors.vendor_sim import SimSeries
 
 DEPTHS = {1: (6, "U08", ">u1"), 2: (12, "U16", ">u2"), 4: (24, "U32", ">u4")}
 
@@ -51,15 +51,9 @@ def _big_endian(pixels: np.ndarray, wire: str, depth: int) -> bytes:
     return pixels.astype(wire).tobytes()
 
 
-class MerlinSimulator(VendorSimulator):
+class MerlinSimulator(TcpSimulator):
     def __init__(self, endpoint: str = "tcp://127.0.0.1:6342", **options):
-        super().__init__(**options)
-        self.sender = TcpSender(endpoint)
-        self.port = self.sender.port
-        self.cache = EncodedCache()
-
-    def close(self) -> None:
-        self.sender.close()
+        super().__init__(endpoint, **options)
 
     def begin_series(self, series: SimSeries) -> None:
         depth = DEPTHS[series.dtype.itemsize][0]
@@ -77,7 +71,3 @@ class MerlinSimulator(VendorSimulator):
 
     def send_garbage(self, data: bytes) -> None:
         self.sender.send(data.replace(b"MPX,", b"mpx,"))
-
-    def end_series(self, series: SimSeries, complete: bool) -> None:
-        if not complete:
-            self.sender.disconnect()

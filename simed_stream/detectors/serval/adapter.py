@@ -19,10 +19,10 @@ import time
 
 import numpy as np
 
-from simed_stream.detectors.base import Adapter, Decoded
-from simed_stream.detectors.series_builder import SeriesBuilder, VendorSeries
+from simed_stream.detectors.base import Decoded
+from simed_stream.detectors.series_builder import VendorSeries
 from simed_stream.detectors.settings import SourceSettings
-from simed_stream.detectors.tcp_stream import TcpStream
+from simed_stream.detectors.vendor_adapter import TcpAdapter
 
 MAX_HEADER_BYTES = 64 << 10
 FORMATS = {"uint8": "u1", "uint16": "u2", "uint32": "u4"}
@@ -48,34 +48,17 @@ def frame_layout(header: dict) -> tuple[int, int, str, int]:
     return height, width, kind, nbytes
 
 
-class ServalAdapter(Adapter):
+class ServalAdapter(TcpAdapter):
     name = "serval"
 
     def __init__(self, settings: SourceSettings, max_message_bytes: int):
-        self.stream = TcpStream(settings.data_endpoint, max_message_bytes)
-        self.builder = SeriesBuilder(settings, max_message_bytes)
+        super().__init__(settings, max_message_bytes)
         self.order = ">" if settings.serval.byte_order == "big" else "<"
-        self.max_message_bytes = max_message_bytes
         self.last_number: int | None = None
         self.measurement = None
-        self.last_frame_s = 0.0
 
-    def open(self) -> None:
-        self.stream.open()
-
-    def close(self) -> None:
-        self.stream.close()
-
-    def flush(self) -> list[Decoded]:
-        return self.builder.flush()
-
-    def poll(self, timeout_ms: int) -> list[Decoded]:
-        state = self.stream.poll(timeout_ms)
-        if state == "closed":
-            return self._parse(quiet=True) + self._end_of("the connection closed", discard=True)
-        if state is None:
-            return self._parse(quiet=True) + self._quiet_end()
-        return self._parse(quiet=False)
+    def _closed(self) -> list[Decoded]:
+        return self._end_of("the connection closed", discard=True)
 
     def _parse(self, quiet: bool) -> list[Decoded]:
         """A frame is taken once the next header's `{` follows its pixels (or the wire is quiet);

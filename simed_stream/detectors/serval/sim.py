@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from simed_stream.detectors.tcp_sim import TcpSender
-from simed_stream.detectors.vendor_sim import EncodedCache, SimSeries, VendorSimulator
+from simed_stream.detectors.tcp_sim import TcpSimulator
+from simed_stream.detectors.vendor_sim import SimSeries
 
 
 def jsonimage_header(pixels: np.ndarray, number: int, variant: str, measurement: int) -> bytes:
@@ -24,19 +24,13 @@ def jsonimage_header(pixels: np.ndarray, number: int, variant: str, measurement:
     return json.dumps(header).encode() + b"\n"
 
 
-class ServalSimulator(VendorSimulator):
+class ServalSimulator(TcpSimulator):
     def __init__(self, endpoint: str = "tcp://127.0.0.1:8088", variant: str = "new", byte_order: str = "big",
                  **options):
-        super().__init__(**options)
         if variant not in ("new", "old") or byte_order not in ("big", "little"):
             raise ValueError("variant is new or old, byte_order big or little")
+        super().__init__(endpoint, **options)
         self.variant, self.order = variant, ">" if byte_order == "big" else "<"
-        self.sender = TcpSender(endpoint)
-        self.port = self.sender.port
-        self.cache = EncodedCache()
-
-    def close(self) -> None:
-        self.sender.close()
 
     def begin_series(self, series: SimSeries) -> None:
         pass  # Serval announces nothing: the first frame begins the measurement
@@ -48,7 +42,3 @@ class ServalSimulator(VendorSimulator):
 
     def send_garbage(self, data: bytes) -> None:
         self.sender.send(data.replace(b"{", b"("))
-
-    def end_series(self, series: SimSeries, complete: bool) -> None:
-        if not complete:
-            self.sender.disconnect()
