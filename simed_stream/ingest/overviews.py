@@ -51,15 +51,15 @@ class OverviewDesk:
         self.pending: LooseOverview | None = None  # taken before its scan: waits for the next series
         self.count = 0
 
-    def place(self, loose: LooseOverview, open_ids: list[str], has_overview: Callable[[str], bool],
-              closed_ids: list[str]) -> Decoded | None:
-        """The overview_image message for its series, None while it waits for the next series,
-        or a rejection saying why it cannot be used."""
-        target = loose.series_id or next((i for i in reversed(open_ids + closed_ids)
+    def place(self, loose: LooseOverview, open_series: dict, closed: list) -> Decoded | None:
+        """The overview_image message for its series (of the receiver's open series and closed
+        summaries), None while it waits for the next series, or a rejection saying why not."""
+        waiting = [i for i, series in open_series.items() if not series.overview_received]
+        closed_waiting = [summary.series_id for summary in closed if not summary.overview]
+        target = loose.series_id or next((i for i in reversed(list(open_series) + [s.series_id for s in closed])
                                           if loose.name.startswith(i)), None)
         if target is None and loose.acquired == "after":
-            target = next((i for i in reversed(open_ids) if not has_overview(i)), None) or \
-                next((i for i in reversed(closed_ids) if not has_overview(i)), None)
+            target = (waiting or closed_waiting or [None])[-1]
         if target is None:
             if self.pending is not None:
                 log.warning("overview %s replaces %s, which no series took", loose.name, self.pending.name)

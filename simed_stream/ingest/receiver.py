@@ -132,8 +132,7 @@ class Receiver:
                     elif item.kind == "rejected":
                         self._reject(item.error)
                     elif item.kind == "overview":
-                        self._take(item, self.overview_desk.place(
-                            item.message, list(self._series), self._has_overview, [s.series_id for s in self.closed]))
+                        self._take(item, self.overview_desk.place(item.message, self._series, self.closed))
                     self._housekeeping(item.wire_ns)
                 except Exception as error:  # a bug or a disk error on one message: log, count, go on
                     log.exception("error while handling a %s item", item.kind)
@@ -226,11 +225,6 @@ class Receiver:
             self._reject(placed.error)
         elif placed is not None:
             self._dispatch(Received("message", item.received_ns, item.wire_ns, placed.message, placed.header_bytes))
-
-    def _has_overview(self, series_id: str) -> bool:
-        series = self._series.get(series_id)
-        return series.overview_received if series is not None else \
-            any(s.overview for s in self.closed if s.series_id == series_id)
 
     def _position_sum(self, record: PositionSum) -> None:
         self._hand_over(self.listener.position_sum, record)
