@@ -20,6 +20,9 @@ class TcpSender:
         if self.server is not None:
             self.port = self.server.getsockname()[1]
         self.connection: socket.socket | None = None
+        self.hold_bytes = 0  # a simulator sending as fast as it can gathers frames (fewer system calls)
+        self._held: list = []
+        self._held_bytes = 0
 
     def wait_for_peer(self) -> None:
         if self.connection is not None:
@@ -41,6 +44,16 @@ class TcpSender:
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
 
     def send(self, *chunks: bytes) -> None:
+        """Send now, or with `hold_bytes` set gather up to that many bytes into one system call."""
+        self._held += chunks
+        self._held_bytes += sum(len(c) for c in chunks)
+        if self._held_bytes >= self.hold_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._held:
+            return
+        chunks, self._held, self._held_bytes = self._held, [], 0
         self.wait_for_peer()
         views = [memoryview(c) for c in chunks]
         while views:
@@ -52,6 +65,7 @@ class TcpSender:
                 views[0] = views[0][sent:]
 
     def disconnect(self) -> None:
+        self.flush()
         if self.connection is not None:
             self.connection.close()
             self.connection = None
@@ -68,6 +82,7 @@ class TcpSimulator(VendorSimulator):
     def __init__(self, endpoint: str, **options):
         super().__init__(**options)
         self.sender = TcpSender(endpoint)
+        self.sender.hold_bytes = 4 << 20 if self.rate_fps in ("max", "recorded") else 0
         self.port = self.sender.port
         self.cache = EncodedCache()
 
@@ -75,6 +90,7 @@ class TcpSimulator(VendorSimulator):
         self.sender.close()
 
     def end_series(self, series: SimSeries, complete: bool) -> None:
+        self.sender.flush()
         if not complete:
             self.sender.disconnect()
 
