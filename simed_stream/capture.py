@@ -40,6 +40,8 @@ class Accounting:
     dropped_at_source: int = 0
     duplicates: int = 0
     rejected_messages: int = 0
+    skipped: int = 0  # detector frames outside the scan by its geometry (before its start, flyback)
+    extra: int = 0  # detector frames beyond the scan's last: the series was longer than the scan
     positions_valid: int = 0
     positions_total: int = 0
 
@@ -55,7 +57,8 @@ class Accounting:
         return {
             "frames_expected": self.frames_expected, "received": self.received, "rejected": self.rejected,
             "dropped_at_source": self.dropped_at_source, "missing": self.missing, "duplicates": self.duplicates,
-            "rejected_messages": self.rejected_messages, "positions_valid": self.positions_valid,
+            "rejected_messages": self.rejected_messages, "skipped": self.skipped, "extra": self.extra,
+            "positions_valid": self.positions_valid,
             "positions_total": self.positions_total, "coverage": round(self.coverage, 6),
         }
 

@@ -6,8 +6,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "simed_stream"
 FLOORS = {  # lowest first; a module may import from its own floor or below
     "foundations": ("simed_stream", "errors", "config", "arrays", "files", "protocol", "kernels", "codec",
-                    "records", "metrics", "optics"),
-    "stages": ("capture", "ingest", "localise", "particles", "stack", "report", "truth", "phasing", "fanout",
+                    "records", "metrics", "image_files", "optics"),
+    "detectors": ("detectors",),
+    "stages": ("capture", "capture_replay", "ingest", "localise", "particles", "stack", "report", "truth", "phasing", "fanout",
                "chain_settings"),
     "chain": ("chain",),
     "drivers": ("live", "reprocess"),

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, model_validator
 
 from simed_stream.cli.common import print_status, warn_if_not_loopback
 from simed_stream.config import cli
@@ -23,6 +23,10 @@ class ReplayCommand(LiveSettings):
                                          json_schema_extra=cli("--data-endpoint", "--data"))
     overview_timeout_s: float = Field(5.0, gt=0, allow_inf_nan=False,
                                       description="after series_end, wait this long for the overview")
+
+    @model_validator(mode="after")
+    def _scan_for_positionless_sources(self) -> "ReplayCommand":
+        return self  # a replay takes the scan, optics and overview calibration from the capture
 
 
 def run(settings: LiveSettings) -> int:
@@ -52,8 +56,9 @@ def run_live(pipeline) -> int:
 
 
 def replay(command: ReplayCommand) -> int:
-    """Start a paced fake detector on the capture (on a private local socket) and run the live
-    pipeline on it; or, with --data, connect to a detector that is already replaying it."""
+    """Start a paced simulated detector on the capture (on a private local socket; --source picks
+    its format: simed-stream/1, DECTRIS, Merlin or Serval, the overview then as a file) and run
+    the live pipeline on it; or, with --data, connect to a detector that is already replaying it."""
     from simed_stream.cli.replay import replay_capture
 
     pipeline = replay_capture(command.capture, command, command.rate, command.data_endpoint, print_status, run_live)

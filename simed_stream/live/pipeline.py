@@ -96,7 +96,7 @@ class LivePipeline(ReceiverListener):
     def run(self) -> list[SeriesResult]:
         try:
             self.receiver.start()
-        except zmq.ZMQError as error:
+        except (zmq.ZMQError, OSError) as error:
             if self.fanout is not None:
                 self.fanout.close()
             raise SimedError(f"cannot connect to {self.settings.data_endpoint}: {error}") from None

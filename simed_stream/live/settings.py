@@ -8,15 +8,13 @@ from typing import Optional
 from pydantic import Field
 
 from simed_stream.chain_settings import ChainSettings
-from simed_stream.config import cli
+from simed_stream.detectors.settings import SourceSettings
 from simed_stream.ingest.settings import ReceiverSettings
-from simed_stream.protocol import DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
+from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 
-class LiveSettings(ChainSettings):
+class LiveSettings(ChainSettings, SourceSettings):
     out: Path = Field(description="output folder: captures/, one folder per series, status.json")
-    data_endpoint: str = Field(DEFAULT_DATA_ENDPOINT, min_length=1, description="the detector's data endpoint",
-                               json_schema_extra=cli("--data-endpoint", "--data"))
     batch_latency_s: float = Field(1.0, gt=0, allow_inf_nan=False,
                                    description="a ready particle waits at most this long for its batch to fill")
     overview_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False,
@@ -38,6 +36,7 @@ class LiveSettings(ChainSettings):
                                           description="at stop, how long queued batches may still take")
 
     def receiver_settings(self) -> ReceiverSettings:
-        return ReceiverSettings(capture_dir=self.out / "captures", data_endpoint=self.data_endpoint,
-                                max_message_bytes=self.max_message_bytes, series_timeout_s=self.series_timeout_s,
-                                overview_grace_s=self.overview_timeout_s)
+        source = {key: getattr(self, key) for key in SourceSettings.model_fields}
+        return ReceiverSettings(capture_dir=self.out / "captures", max_message_bytes=self.max_message_bytes,
+                                series_timeout_s=self.series_timeout_s, overview_grace_s=self.overview_timeout_s,
+                                **source)
