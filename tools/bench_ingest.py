@@ -9,7 +9,12 @@ uint16 frames in batches of 64. In the same run:
 Rates are frames over the time from the first frame received to the last one handled.
 The last line printed is JSON.
 
+With --web it measures instead what the live page costs ingest (`bench_web.py`): the whole live
+pipeline at full speed without the page, then with it open in headless Chromium and another
+process polling /api/status at 10 Hz, `--pairs` times; its last line is JSON with the ratio.
+
     python tools/bench_ingest.py [--frames 20000] [--paced-frames 20000]
+    python tools/bench_ingest.py --web [--frames 20000] [--pairs 6]
 """
 
 from __future__ import annotations
@@ -92,7 +97,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--paced-frames", type=int, default=20000)
+    parser.add_argument("--web", action="store_true", help="what the live page costs ingest (see above)")
+    parser.add_argument("--pairs", type=int, default=6, help="with --web: runs without and with the page")
     args = parser.parse_args()
+    if args.web:
+        import bench_web
+
+        return bench_web.compare(args.frames, args.pairs)
     ingest(2000, "max")  # warm up: numba's cache and the page cache, so (b) measures steady state
     ceiling = raw(args.frames)
     print(f"(a) raw transport: {ceiling['fps']:.0f} frames/s", flush=True)
