@@ -5,8 +5,9 @@ after the run. Beyond loopback there is always a token: the one given, or one ma
 from __future__ import annotations
 
 import secrets
+import signal
 import socket
-import time
+import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -52,11 +53,15 @@ def serving(view: LiveView, options: WebOptions, say: Callable[[str], None]) -> 
 
 
 def hold(server: WebServer | None, seconds: float, say: Callable[[str], None]) -> None:
-    """After the run: keep serving its final state for `seconds`, or until Ctrl-C."""
+    """After the run: keep serving its final state for `seconds`, or until Ctrl-C (SIGINT, as
+    during the run: even where the command was started with it ignored, e.g. in the background).
+    Call from the main thread."""
     if server is None or seconds <= 0:
         return
     say(f"live page: the run is over; its final state stays at {server.url} for {seconds:g} s (Ctrl-C ends it)")
+    ended = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: ended.set())
     try:
-        time.sleep(seconds)
-    except KeyboardInterrupt:
-        pass
+        ended.wait(seconds)
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -231,7 +231,7 @@ function plotArea(canvas) {
   const ctx = canvas.getContext("2d");
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
-  return { ctx, left: 46, right: width - 8, top: 8, bottom: height - 22 };
+  return { ctx, left: 46, right: width - 8, top: 20, bottom: height - 22 };
 }
 
 function axes(area, [x0, x1], [y0, y1], yUnit) {
@@ -245,7 +245,7 @@ function axes(area, [x0, x1], [y0, y1], yUnit) {
   const end = `${x1.toFixed(0)} s since start`;
   ctx.fillText(`${x0.toFixed(0)} s`, left, bottom + 16);
   ctx.fillText(end, right - ctx.measureText(end).width, bottom + 16);
-  ctx.fillText(yUnit, left + 4, top + 10);
+  ctx.fillText(yUnit, left, top - 8);
   return {
     x: (v) => left + (x1 > x0 ? (v - x0) / (x1 - x0) : 0.5) * (right - left),
     y: (v) => bottom - (y1 > y0 ? (v - y0) / (y1 - y0) : 0.5) * (bottom - top),
