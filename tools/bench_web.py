@@ -2,13 +2,14 @@
 
 Each run is the whole live pipeline of `simed run` (receiver, event and phasing threads; the
 detector's synthetic scan at full speed in its own process). A run "with the page" also serves
-it (`--web`), keeps it open in headless Chromium (Debian's), and polls /api/status at 10 Hz from
-another process over a kept-alive connection, as a monitoring tool would. Runs go in pairs,
-without and with, the order alternating; the other jobs on a shared machine move the rates from
-run to run, so the headline is the median of the pairs' ratios (the ratio of the medians beside
-it). CPU seconds are counted too: the pipeline's process (the web server's thread included) per
-1000 frames, and the browser's and the poller's during the run — numbers that the machine's
-load moves far less than rates. The last line printed is JSON.
+it (`--web`) to the page open in headless Chromium (Debian's; one browser for the whole
+benchmark, its start-up not measured, stopped during the runs without the page) and to another
+process polling /api/status at 10 Hz over a kept-alive connection, as a monitoring tool would.
+Runs go in pairs, without and with, the order alternating; the other jobs on a shared machine
+move the rates from run to run, so the headline is the median of the pairs' ratios (the ratio of
+the medians beside it). CPU seconds are counted too: the pipeline's process (the web server's
+thread included) per 1000 frames, and the browser's and the poller's during the run. The last
+line printed is JSON.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,11 +43,16 @@ def _process(command: list[str], **options):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGCONT)  # a stopped one (the browser between runs) ends too
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        try:  # what it left behind in its group (a browser's helpers)
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _group_cpu_s(group: int) -> float:
@@ -76,31 +83,43 @@ def poll(url: str) -> None:
         time.sleep(max(0.0, 0.1 - (time.monotonic() - started)))
 
 
-def _open_page(stack: ExitStack, view, folder: str) -> list:
-    """Serve `view`, open it in Chromium, start the poller; returns [browser, poller] once the page
-    follows the feed."""
-    from simed_stream.web.server import WebServer
+class Browser:
+    """One headless Chromium for the whole benchmark, showing http://127.0.0.1:PORT/ — each run
+    "with the page" serves it on that port, and the page's event stream reconnects to it (its
+    start-up is not what is measured). During runs without the page it is stopped (SIGSTOP)."""
 
-    server = stack.enter_context(WebServer(view, "127.0.0.1", 0))
-    url = f"http://127.0.0.1:{server.port}/"
-    clients = [stack.enter_context(_process([shutil.which("chromium"), *BROWSER_FLAGS,
-                                             f"--user-data-dir={folder}/browser", url],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)),
-               stack.enter_context(_process([sys.executable, __file__, "--poll", url + "api/status"],
-                                            stdout=subprocess.PIPE, text=True))]
-    deadline = time.monotonic() + 60
-    while server.stats()["streams"] < 1:
-        if time.monotonic() > deadline:
-            raise SystemExit("the page did not connect within 60 s")
-        time.sleep(0.1)
-    time.sleep(1.0)  # the page's first documents and images
-    return clients
+    def __init__(self, stack: ExitStack, folder: str):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.stack, self.folder, self.process = stack, folder, None
+
+    def show(self, server) -> None:
+        """The page follows `server` (on `self.port`): opened the first time, woken after."""
+        if self.process is None:
+            self.process = self.stack.enter_context(_process(
+                [shutil.which("chromium"), *BROWSER_FLAGS, f"--user-data-dir={self.folder}/browser",
+                 f"http://127.0.0.1:{self.port}/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        else:
+            os.killpg(self.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while server.stats()["streams"] < 1:
+            if time.monotonic() > deadline:
+                raise SystemExit("the page did not connect within 60 s")
+            time.sleep(0.1)
+        time.sleep(2.0)  # its first documents and images
+
+    def hide(self) -> None:
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGSTOP)
 
 
-def live_ingest(frames: int, page: bool) -> dict:
+def live_ingest(frames: int, browser: Browser | None) -> dict:
+    """One run; with a `browser`, the page is served, shown, and polled at 10 Hz."""
     from bench_ingest import _endpoint, _start_detector
     from simed_stream.live.pipeline import LivePipeline
     from simed_stream.live.settings import LiveSettings
+    from simed_stream.web.server import WebServer
 
     endpoint = _endpoint()
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
@@ -108,7 +127,14 @@ def live_ingest(frames: int, page: bool) -> dict:
                                              device="cpu", overview_timeout_s=1.0, max_message_bytes=64 << 20))
         runner = threading.Thread(target=pipeline.run, name="bench-pipeline")
         runner.start()
-        clients = _open_page(stack, pipeline.view, folder) if page else []
+        clients = []
+        if browser is not None:
+            server = stack.enter_context(WebServer(pipeline.view, "127.0.0.1", browser.port))
+            poller = stack.enter_context(_process([sys.executable, __file__, "--poll",
+                                                   f"http://127.0.0.1:{browser.port}/api/status"],
+                                                  stdout=subprocess.PIPE, text=True))
+            browser.show(server)
+            clients = [browser.process, poller]
         clients_cpu, cpu = [_group_cpu_s(c.pid) for c in clients], time.process_time()
         detector = _start_detector(endpoint, frames, "max")
         runner.join(timeout=600)
@@ -117,8 +143,9 @@ def live_ingest(frames: int, page: bool) -> dict:
         detector.wait()
         answers_per_s = None
         if clients:
-            os.killpg(clients[1].pid, signal.SIGTERM)
-            answered, seconds = clients[1].communicate(timeout=10)[0].split()
+            browser.hide()
+            os.killpg(poller.pid, signal.SIGTERM)
+            answered, seconds = poller.communicate(timeout=10)[0].split()
             answers_per_s = int(answered) / float(seconds)
         summary = pipeline.receiver.closed[0]
     a = summary.accounting
@@ -130,17 +157,24 @@ def live_ingest(frames: int, page: bool) -> dict:
 def compare(frames: int, pairs: int) -> None:
     if shutil.which("chromium") is None:
         raise SystemExit("--web opens the page in Debian's chromium: apt-get install chromium")
-    live_ingest(2000, False)  # warm up: numba's cache and the page cache
     runs: dict[bool, list] = {False: [], True: []}
-    for i in range(pairs):
-        for page in ((False, True) if i % 2 == 0 else (True, False)):
-            run = live_ingest(frames, page)
-            runs[page].append(run)
-            print(f"{'with' if page else 'without'} the page: {run['fps']:.0f} frames/s, {run['dropped']} not "
-                  f"received, {run['cpu_ms_per_kframe']:.0f} CPU ms per 1000 frames"
-                  + (f"; browser {run['clients_cpu_s'][0]:.2f} CPU s, poller {run['clients_cpu_s'][1]:.2f} CPU s, "
-                     f"API answered {run['answers_per_s']:.1f}/s" if page else ""), flush=True)
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
+        browser = Browser(stack, folder)
+        live_ingest(2000, None)  # warm up: numba's cache and the page cache
+        live_ingest(2000, browser)  # and the browser's start
+        for i in range(pairs):
+            for page in ((False, True) if i % 2 == 0 else (True, False)):
+                run = live_ingest(frames, browser if page else None)
+                runs[page].append(run)
+                _say(page, run)
     print(json.dumps({"web": summary(frames, runs)}))
+
+
+def _say(page: bool, run: dict) -> None:
+    print(f"{'with' if page else 'without'} the page: {run['fps']:.0f} frames/s, {run['dropped']} not "
+          f"received, {run['cpu_ms_per_kframe']:.0f} CPU ms per 1000 frames"
+          + (f"; browser {run['clients_cpu_s'][0]:.2f} CPU s, poller {run['clients_cpu_s'][1]:.2f} CPU s, "
+             f"API answered {run['answers_per_s']:.1f}/s" if page else ""), flush=True)
 
 
 def summary(frames: int, runs: dict[bool, list]) -> dict:
