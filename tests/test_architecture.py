@@ -12,6 +12,7 @@ FLOORS = {  # lowest first; a module may import from its own floor or below
                "chain_settings"),
     "chain": ("chain",),
     "drivers": ("live", "reprocess"),
+    "web": ("web",),  # reads what the live pipeline publishes (live/view.py); only the CLI starts it
     "cli": ("cli",),
 }
 LEVEL = {room: level for level, rooms in enumerate(FLOORS.values()) for room in rooms}

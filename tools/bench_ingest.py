@@ -11,6 +11,12 @@ Rates are frames over the time from the first frame received to the last one han
 line per source; `ratio_to_simed` is its ingest rate over simed-stream/1's (goal ≥ 0.8).
 
     python tools/bench_ingest.py [--source simed,dectris,merlin,serval] [--frames 20000] [--paced-frames 20000]
+
+With --web it measures instead what the live page costs ingest (`bench_web.py`): the whole live
+pipeline at full speed without the page, then with it open in headless Chromium and another
+process polling /api/status at 10 Hz, `--pairs` times; its last line is JSON with the ratio.
+
+    python tools/bench_ingest.py --web [--frames 20000] [--pairs 6]
 """
 
 from __future__ import annotations
@@ -34,10 +40,10 @@ FRAMES_PER_POSITION = 4
 SOURCES = ("simed", "dectris", "merlin", "serval")
 
 
-def _port() -> int:
+def _endpoint() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _nav(frames: int) -> tuple[int, int]:
@@ -58,7 +64,7 @@ def _start_detector(source: str, endpoint: str, frames: int, rate: str) -> subpr
 
 def raw(frames: int) -> dict:
     """Receive and discard: the ceiling ZeroMQ and Python give between two processes."""
-    endpoint = f"tcp://127.0.0.1:{_port()}"
+    endpoint = _endpoint()
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     pull.connect(endpoint)
@@ -80,7 +86,7 @@ def raw(frames: int) -> dict:
 
 
 def ingest(source: str, frames: int, rate: str) -> dict:
-    endpoint = f"tcp://127.0.0.1:{_port()}"
+    endpoint = _endpoint()
     with tempfile.TemporaryDirectory() as folder:
         scan = {} if source == "simed" else {"scan": {"shape": _nav(frames),
                                                       "frames_per_position": FRAMES_PER_POSITION}}
@@ -103,7 +109,13 @@ def main() -> None:
     parser.add_argument("--source", default=",".join(SOURCES), help="comma-separated; simed always runs (the baseline)")
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--paced-frames", type=int, default=20000)
+    parser.add_argument("--web", action="store_true", help="what the live page costs ingest (see above)")
+    parser.add_argument("--pairs", type=int, default=6, help="with --web: runs without and with the page")
     args = parser.parse_args()
+    if args.web:
+        import bench_web
+
+        return bench_web.compare(args.frames, args.pairs)
     sources = ["simed"] + [s for s in args.source.split(",") if s and s != "simed"]
     unknown = set(sources) - set(SOURCES)
     if unknown:

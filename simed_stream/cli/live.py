@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -41,17 +42,31 @@ def run(settings: LiveSettings) -> int:
 
 
 def run_live(pipeline) -> int:
-    """Run until done or Ctrl-C (a clean stop that keeps everything); print each series' outcome."""
-    previous = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())
-    try:
-        results = pipeline.run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    print(file=sys.stderr)
-    for r in results:
-        print(f"series {r.series_id}: {r.status}; {r.picks} picks, {r.phased} phased"
-              + "".join(f", {n} flagged ({why})" for why, n in r.flagged.items()) + f" -> {r.out_dir}")
-    print(f"status: {pipeline.out_dir / 'status.json'}")
+    """Run until done or Ctrl-C (a clean stop that keeps everything); print each series' outcome.
+    With `web` in its settings the live page is served meanwhile (and `web_hold_s` after)."""
+    from simed_stream.web.launch import hold, serving
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    with ExitStack() as stack:
+        try:
+            page = stack.enter_context(serving(pipeline.view, pipeline.settings, say))
+        except BaseException:  # e.g. the port is taken: the run never starts, its workers must not stay
+            if pipeline.fanout is not None:
+                pipeline.fanout.close()
+            raise
+        previous = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())
+        try:
+            results = pipeline.run()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        print(file=sys.stderr)
+        for r in results:
+            print(f"series {r.series_id}: {r.status}; {r.picks} picks, {r.phased} phased"
+                  + "".join(f", {n} flagged ({why})" for why, n in r.flagged.items()) + f" -> {r.out_dir}")
+        print(f"status: {pipeline.out_dir / 'status.json'}", flush=True)
+        hold(page, pipeline.settings.web_hold_s, say)
     return 0 if results and all(r.status == "phased" for r in results) and not pipeline.errors else 1
 
 
