@@ -24,7 +24,15 @@ demo: $(STAMP)
 # never downloads a browser). Installed here when missing and we are root with apt-get; otherwise
 # those tests are skipped and say so in pytest's summary.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then 	    echo "installing Debian's chromium for the browser tests"; 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } 	      || echo "WARNING: apt-get could not install chromium: the browser tests will be SKIPPED"; 	  else 	    echo "WARNING: chromium is missing and cannot be installed here (needs root and apt-get):" 	         "the browser tests will be SKIPPED"; 	  fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "WARNING: apt-get could not install chromium: the browser tests will be SKIPPED"; \
+	  else \
+	    echo "WARNING: chromium is missing and cannot be installed here (needs root and apt-get):" \
+	         "the browser tests will be SKIPPED"; \
+	  fi; }
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
