@@ -25,7 +25,7 @@ from simed_stream.live.settings import WebOptions
 from simed_stream.web.launch import access_token, serving
 from simed_stream.web.routes import API
 from simed_stream.web.server import WebServer
-from simulator.detector import capture_series
+from simed_stream.capture_replay import capture_series
 
 from conftest import run_with_deadline
 from test_live import Detector, live_settings

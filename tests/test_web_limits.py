@@ -21,7 +21,7 @@ from simed_stream.live.settings import LiveSettings
 from simed_stream.live.view import LiveView
 from simed_stream.web.server import WebServer
 from simed_stream.web.state import Limits
-from simulator.detector import capture_series
+from simed_stream.capture_replay import capture_series
 
 from conftest import run_with_deadline
 from test_live import Detector, check_capture_complete, live_settings

@@ -66,7 +66,7 @@ class PhasingThread:
 
     def _phase(self, task: PhaseBatch) -> None:
         phased = task.chain.phase(task.particles)
-        self.counters.add(particles_phased=phased)
+        self.counters.add(particles_phased=len(phased))  # the phaser may flag some: they are not among them
         self._latency_s[id(task.chain)] = time.monotonic() - task.overview_arrived_s
         task.view.phased(phased)
 
