@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup browser demo test bench clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,21 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/simed demo
 
-test: $(STAMP)
+# The live page's browser tests drive Debian's Chromium with Playwright (from the test extra; it
+# never downloads a browser). Installed here when missing and we are root with apt-get; otherwise
+# those tests are skipped and say so in pytest's summary.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "WARNING: apt-get could not install chromium: the browser tests will be SKIPPED"; \
+	  else \
+	    echo "WARNING: chromium is missing and cannot be installed here (needs root and apt-get):" \
+	         "the browser tests will be SKIPPED"; \
+	  fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

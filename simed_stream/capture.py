@@ -39,6 +39,8 @@ class Accounting:
     not_stored: int = 0  # received, but not in the capture (its disk was full)
     duplicates: int = 0
     rejected_messages: int = 0
+    skipped: int = 0  # detector frames outside the scan by its geometry (before its start, flyback)
+    extra: int = 0  # detector frames beyond the scan's last: the series was longer than the scan
     positions_valid: int = 0
     positions_total: int = 0
 
@@ -54,8 +56,8 @@ class Accounting:
         return {
             "frames_expected": self.frames_expected, "received": self.received, "rejected": self.rejected,
             "dropped_at_source": self.dropped_at_source, "missing": self.missing, "not_stored": self.not_stored,
-            "duplicates": self.duplicates,
-            "rejected_messages": self.rejected_messages, "positions_valid": self.positions_valid,
+            "duplicates": self.duplicates, "rejected_messages": self.rejected_messages, "skipped": self.skipped,
+            "extra": self.extra, "positions_valid": self.positions_valid,
             "positions_total": self.positions_total, "coverage": round(self.coverage, 6),
         }
 

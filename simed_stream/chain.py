@@ -99,10 +99,10 @@ class SeriesChain:
         self.result.seconds["prepare"] += time.perf_counter() - t
         return [p for p in particles if p.flag is None]
 
-    def phase(self, batch: list[Particle]) -> int:
-        """Phase a batch, write the phased ones; returns how many were phased (the rest are flagged)."""
+    def phase(self, batch: list[Particle]) -> list[PhasedParticle]:
+        """Phase a batch and write the phased ones; returns them (the others are flagged with the reason)."""
         if not batch:
-            return 0
+            return []
         phased = self.phaser(np.stack([p.diffraction for p in batch]), np.stack([p.image_lr for p in batch]))
         self.result.seconds["engine"] += phased.seconds_engine
         self.result.seconds["network"] += phased.seconds_network
@@ -120,7 +120,7 @@ class SeriesChain:
         self.result.seconds["write"] += time.perf_counter() - t
         self.phased.extend(done)
         self.result.phased += len(done)
-        return len(done)
+        return done
 
     def finish(self, notes: list[str] = (), accounting: dict | None = None) -> SeriesResult:
         """Flag particles whose positions never came; score against the truth (simulated scans);

@@ -111,6 +111,20 @@ class SeriesEnd:
     def frames_dropped_at_source(self) -> int:
         return int(self.header["frames_dropped_at_source"])
 
+    @property
+    def frames_skipped(self) -> int:
+        """Detector frames outside the scan by its geometry (before its start, flyback)."""
+        return int(self.header.get("frames_skipped", 0))
+
+    @property
+    def frames_beyond_scan(self) -> int:
+        """Detector frames after the scan's last one: the series was longer than the scan."""
+        return int(self.header.get("frames_beyond_scan", 0))
+
+    @property
+    def notes(self) -> list[str]:
+        return list(self.header.get("notes", []))
+
 
 @dataclass
 class Heartbeat:
@@ -173,10 +187,12 @@ def encode_overview(series_id: str, msg_seq: int, overview_id: int, image: np.nd
 
 
 def encode_series_end(series_id: str, msg_seq: int, status: str, frames_sent: int,
-                      frames_dropped_at_source: int) -> list:
+                      frames_dropped_at_source: int, **outside_scan) -> list:
+    """`outside_scan`: the optional `frames_skipped`, `frames_beyond_scan` and `notes` of a
+    detector whose frames an adapter placed on the scan."""
     header = _base("series_end", series_id, msg_seq) | {
         "status": status, "frames_sent": int(frames_sent), "frames_dropped_at_source": int(frames_dropped_at_source),
-    }
+    } | outside_scan
     return [encode_header(header)]
 
 
@@ -365,6 +381,12 @@ def _decode_series_end(header, parts) -> SeriesEnd:
     for key in ("frames_sent", "frames_dropped_at_source"):
         if _require(header, key, int) < 0:
             raise ProtocolError(f"{key} must be >= 0", sid)
+    for key in ("frames_skipped", "frames_beyond_scan"):
+        if key in header and _require(header, key, int) < 0:
+            raise ProtocolError(f"{key} must be >= 0", sid)
+    notes = header.get("notes", [])
+    if not isinstance(notes, list) or len(notes) > 100 or not all(isinstance(n, str) and len(n) <= 1000 for n in notes):
+        raise ProtocolError("notes must be a list of at most 100 strings of at most 1000 characters", sid)
     if len(parts) != 1:
         raise ProtocolError(f"series_end has {len(parts)} parts, expected 1", sid)
     return SeriesEnd(sid, header["msg_seq"], header)

@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 
 from simed_stream.arrays import crop_around
 from simed_stream.config import Settings
+from simed_stream.detectors.settings import pair_from_text
 from simed_stream.errors import SimedError
 
 log = logging.getLogger(__name__)
@@ -70,12 +71,7 @@ class ScanSettings(Settings):
     @classmethod
     def _from_text(cls, value):
         """'12x12' (a flag) as well as [12, 12] (YAML)."""
-        if isinstance(value, str):
-            try:
-                return tuple(int(v) for v in value.lower().split("x"))
-            except ValueError:
-                raise ValueError(f"expected HxW such as 12x12, got {value!r}") from None
-        return value
+        return pair_from_text(value)
 
     @model_validator(mode="after")
     def _particles_fit(self) -> "ScanSettings":
@@ -190,7 +186,7 @@ class ScanScene:
     def source(self, series_id: str):
         """The scan as a `SeriesSource` for `FakeDetector`."""
         from simed_stream.protocol import scan_order
-        from simulator.detector import SeriesSource
+        from simed_stream.detectors.series_source import SeriesSource
 
         s = self.settings
         ny, nx = s.scan_shape
@@ -256,7 +252,7 @@ def _batch(pending, t0: int, per_frame_ns: int):
 def simulate_scan(dataset: str | Path, out: str | Path, settings: ScanSettings = ScanSettings()) -> Path:
     """Build the scene, stream it through detector and receiver, add the truth; returns `out`."""
     from simed_stream.ingest import Receiver, ReceiverSettings
-    from simulator.detector import FakeDetector
+    from simed_stream.detectors.simed.fake import FakeDetector
 
     out = Path(out)
     if out.exists():

@@ -6,11 +6,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "simed_stream"
 FLOORS = {  # lowest first; a module may import from its own floor or below
     "foundations": ("simed_stream", "errors", "config", "arrays", "files", "protocol", "kernels", "codec",
-                    "records", "metrics", "optics"),
-    "stages": ("capture", "capture_writer", "ingest", "localise", "particles", "stack", "report", "truth", "phasing",
-               "fanout", "chain_settings"),
+                    "records", "metrics", "image_files", "optics"),
+    "detectors": ("detectors",),
+    "stages": ("capture", "capture_writer", "capture_replay", "ingest", "localise", "particles", "stack", "report",
+               "truth", "phasing", "fanout", "chain_settings"),
     "chain": ("chain",),
     "drivers": ("live", "reprocess"),
+    "web": ("web",),  # reads what the live pipeline publishes (live/view.py); only the CLI starts it
     "cli": ("cli",),
 }
 LEVEL = {room: level for level, rooms in enumerate(FLOORS.values()) for room in rooms}

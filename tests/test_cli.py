@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 import pytest
 
@@ -68,12 +68,17 @@ def _other_valid_value(key: str, info):
     adapter = TypeAdapter(Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation)
     default = None if info.is_required() else info.default
     candidates = {"device": ["cpu"], "data_endpoint": ["tcp://127.0.0.1:40001"], "scheduler": ["local"],
-                  "rate": [500.0]}.get(key.rsplit(".", 1)[-1], [])
+                  "rate": [500.0], "web": ["127.0.0.1:8765"],
+                  "web_token": ["sixteen-or-more-chars"]}.get(key.rsplit(".", 1)[-1], [])
     annotation = info.annotation
+    if getattr(annotation, "__origin__", None) is Union:  # Optional[X]: a value of X
+        annotation = next(arg for arg in annotation.__args__ if arg is not type(None))
+    if annotation is str:
+        candidates.append(f"tcp://127.0.0.1:{40000 + len(key)}")
     if getattr(annotation, "__origin__", None) is list:
         candidates += [[Path("a.h5"), Path("b.h5")]]
     if getattr(annotation, "__origin__", None) is tuple:
-        candidates += [(3, 3)]
+        candidates += [(3, 3), (2.0, 0.0, 1.5, 0.0, 2.0, 2.5)]
     for option in getattr(annotation, "__args__", ()) if getattr(annotation, "__origin__", None) is Literal else ():
         candidates.append(option)
     candidates += [not default if isinstance(default, bool) else None, Path("elsewhere") / key, 3, 0.5, 0.25, 12.5]
@@ -94,7 +99,7 @@ def _argv(key: str, value, info, positional: bool) -> list[str]:
     if isinstance(value, bool):
         return [flag[0] if value else "--no-" + flag[0][2:]]
     if isinstance(value, tuple):
-        return [flag[0], "x".join(map(str, value))]  # HxW
+        return [flag[0], ("x" if len(value) == 2 else ",").join(map(str, value))]  # HxW, or a matrix
     return [flag[0], *map(str, value)] if isinstance(value, list) else [flag[0], str(value)]
 
 

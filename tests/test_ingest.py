@@ -19,7 +19,9 @@ from simed_stream.capture import MISSING, RECEIVED, REJECTED, CaptureReader
 from simed_stream.ingest import Receiver, ReceiverListener, ReceiverSettings
 from simed_stream.ingest.stages import STAGES
 from simed_stream.protocol import encode_header
-from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
+from simed_stream.capture_replay import capture_series
+from simed_stream.detectors.simed.fake import FakeDetector, FaultPlan
+from simulator.synthetic import synthetic_series
 
 SMALL = dict(nav_shape=(8, 8), frames_per_position=2, sig_shape=(64, 64), batch_frames=8, seed=5)
 

@@ -18,14 +18,15 @@ import pytest
 import starfile
 
 from simed_stream.capture import RECEIVED, CaptureReader
+from simed_stream.capture_replay import capture_series
 from simed_stream.chain import NO_OVERVIEW, SeriesResult
 from simed_stream.cli import main
 from simed_stream.cli.replay import replay_capture
+from simed_stream.detectors.simed.fake import FakeDetector, FaultPlan
 from simed_stream.live.pipeline import LivePipeline
 from simed_stream.live.settings import LiveSettings
 from simed_stream.live.status import status_line
 from simed_stream.stack import read_stack
-from simulator.detector import FakeDetector, FaultPlan, capture_series
 
 from conftest import run_with_deadline
 

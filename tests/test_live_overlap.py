@@ -30,7 +30,7 @@ from simed_stream.protocol import (
     encode_series_end,
     encode_series_start,
 )
-from simulator.detector import capture_series
+from simed_stream.capture_replay import capture_series
 
 from conftest import run_with_deadline
 

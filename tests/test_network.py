@@ -107,3 +107,17 @@ def test_bad_cards_get_specific_errors(tmp_path):
     (folder / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(SimedError, match="this version reads 'simed-phaser/2'"):
         Phaser(folder)
+
+
+def test_counting_noise_is_poisson_at_the_dose_and_reproducible_per_key():
+    from simed_stream.phasing.preprocess import counting_noise
+
+    pattern = np.full((200, 200), 1e-4)  # fraction of the electrons per pixel
+    box_A, dose = 10.0, 1e4  # 1e6 electrons over the box: 100 per pixel
+    counted = counting_noise(pattern, dose, box_A, (1, 2, 3))
+    electrons = counted * dose * box_A**2
+    np.testing.assert_allclose(electrons, np.rint(electrons), atol=1e-9)  # whole electrons
+    assert electrons.mean() == pytest.approx(100, rel=0.01) and electrons.var() == pytest.approx(100, rel=0.05)
+    np.testing.assert_array_equal(counting_noise(pattern, dose, box_A, (1, 2, 3)), counted)
+    assert not np.array_equal(counting_noise(pattern, dose, box_A, (1, 2, 4)), counted)
+    assert counting_noise(pattern, None, box_A, (1, 2, 3)) is pattern

@@ -174,7 +174,7 @@ def test_particle_positions_hold_the_datasets_diffraction(scan_capture, physics_
 
 
 def test_scan_capture_replays_through_the_fake_detector(scan_capture):
-    from simulator.detector import capture_series
+    from simed_stream.capture_replay import capture_series
 
     with h5py.File(scan_capture, "r") as f:
         headers = [json.loads(h) for h in f["messages/header"][:]]

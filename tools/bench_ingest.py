@@ -1,27 +1,31 @@
-"""Benchmark live ingest: the transport ceiling against full ingest, in one run, and its CPU cost.
+"""Benchmark live ingest per source, against simed-stream/1 in the same run.
 
-The fake detector runs in its own process (`simed detector --synthetic`), streaming 256×256
-uint16 frames in batches of 64. In the same run:
-  (a) raw: a receiver that only receives the messages and discards them (the ceiling),
-  (b) ingest: the real receiver — receive, validate, sum and centre per position, compress,
-      write the capture — as fast as the detector can send,
-  (c) paced: the real receiver with the detector paced at 2 000 frames/s (ASI Cheetah, 12 bit).
-Rates are frames over the time from the first frame received to the last one handled. CPU is
-this process's (the detector is another process): user + system time of all its threads over
-the run, per frame received.
+A simulated detector runs in its own process (`simed detector --synthetic --source S`),
+streaming 256×256 uint16 frames (simed-stream/1 in batches of 64; DECTRIS, Merlin and Serval
+one frame a message, as those detectors send them). In the same run:
+  (a) raw: receive and discard simed-stream/1 messages (the transport's ceiling),
+  (b) ingest through each source's adapter — receive, decode, place on the scan, validate, sum
+      and centre per position, compress, capture — as fast as the detector sends,
+  (c) paced: the same with the detector paced at 2 000 frames/s (ASI Cheetah, 12 bit).
+Rates are frames over the time from the first frame received to the last one handled. One JSON
+line per source; `ratio_to_simed` is its ingest rate over simed-stream/1's (goal ≥ 0.8); simed's
+has `ratio` (ingest over raw; `ratio_to_raw`, the same). `cpu_us_per_frame`: this process's CPU
+(all its threads, user + system; the detector is another process) per frame received.
 
-  --repeats K      (a) and (b) K times, alternating, medians reported (the machine is shared)
-  --profile        CPU µs per frame of each ingest stage (`simed_stream/ingest/stages.py`), of
-                   ZeroMQ's I/O thread, and the rest
-  --baseline REV   (b) also with another revision's `simed_stream` (git archive into a temporary
-                   folder, run in a child process), alternating with ours: `cpu_ratio` and
-                   `fps_ratio` against it
-  --curve          (b) also over CURVE (keys made for the run): what encryption costs ingest
+    python tools/bench_ingest.py [--source simed,dectris,merlin,serval] [--frames 20000] [--paced-frames 20000]
 
-The last line printed is JSON.
+With --profile, --baseline REV, --curve or --repeats K it studies simed-stream/1's CPU instead
+(`ingest_study.py`): (a) and (b) K times, alternating, each (b) in a fresh child process; the CPU µs
+per frame of every ingest stage; another revision's code in the same run (`cpu_ratio`); the cost
+of CURVE encryption. Its last line is JSON.
 
-    python tools/bench_ingest.py [--frames 20000] [--paced-frames 20000] [--repeats 3] [--profile]
-                                 [--baseline main] [--curve]
+    python tools/bench_ingest.py --profile [--baseline 654b73f] [--curve] [--repeats 3] [--frames 20000]
+
+With --web it measures instead what the live page costs ingest (`bench_web.py`): the whole live
+pipeline at full speed without the page, then with it open in headless Chromium and another
+process polling /api/status at 10 Hz, `--pairs` times; its last line is JSON with the ratio.
+
+    python tools/bench_ingest.py --web [--frames 20000] [--pairs 6]
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import json
 import os
 import resource
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +45,7 @@ import zmq
 
 SHAPE = (256, 256)
 FRAMES_PER_POSITION = 4
-ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("simed", "dectris", "merlin", "serval")
 
 
 def _endpoint() -> str:
@@ -51,19 +54,25 @@ def _endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _start_detector(endpoint: str, frames: int, rate: str, keys: list[str] = ()) -> subprocess.Popen:
+def _nav(frames: int) -> tuple[int, int]:
     positions = frames // FRAMES_PER_POSITION
     nx = 100 if positions % 100 == 0 else positions
-    nav = f"{positions // nx}x{nx}"
-    return subprocess.Popen([sys.executable, "-m", "simed_stream.cli", "-q", "detector", "--synthetic",
-                             "--nav-shape", nav, "--sig-shape", f"{SHAPE[0]}x{SHAPE[1]}",
+    return positions // nx, nx
+
+
+def _start_detector(source: str, endpoint: str, frames: int, rate: str, flags: list[str] = ()) -> subprocess.Popen:
+    ny, nx = _nav(frames)
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # bitshuffle's OpenMP, in the DECTRIS simulator
+    source_flag = [] if source == "simed" else ["--source", source]  # (older revisions have no --source)
+    return subprocess.Popen([sys.executable, "-m", "simed_stream.cli", "-q", "detector", "--synthetic", *source_flag,
+                             "--nav-shape", f"{ny}x{nx}", "--sig-shape", f"{SHAPE[0]}x{SHAPE[1]}",
                              "--frames-per-position", str(FRAMES_PER_POSITION), "--batch-frames", "64",
-                             "--rate", rate, "--data", endpoint, "--control", "none", "--series-id", "bench", *keys],
-                            stdout=subprocess.DEVNULL)
+                             "--rate", rate, "--data", endpoint, "--control", "none", "--series-id", "bench", *flags],
+                            stdout=subprocess.DEVNULL, env=env)
 
 
 class CpuMeter:
-    """This process's CPU time (all threads) and that of ZeroMQ's I/O threads, between two reads."""
+    """This process's CPU time (all threads, user + system), and its ZeroMQ I/O threads', between two reads."""
 
     def __enter__(self) -> "CpuMeter":
         self.start, self.start_zmq = _process_cpu_s(), _zmq_io_cpu_s()
@@ -98,7 +107,7 @@ def raw(frames: int) -> dict:
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     pull.connect(endpoint)
-    detector = _start_detector(endpoint, frames, "max")
+    detector = _start_detector("simed", endpoint, frames, "max")
     received, first = 0, None
     with CpuMeter() as cpu:
         while True:
@@ -116,19 +125,20 @@ def raw(frames: int) -> dict:
     return {"frames": received, "fps": received / (last - first), "cpu_us_per_frame": cpu.seconds / received * 1e6}
 
 
-def ingest(frames: int, rate: str, curve: bool = False) -> dict:
+def ingest(source: str, frames: int, rate: str, options: dict | None = None, detector_flags: list[str] = ()) -> dict:
+    """One series through the receiver; `options`: more receiver settings (e.g. its keys)."""
     from simed_stream.ingest import Receiver, ReceiverSettings
 
     endpoint = _endpoint()
     with tempfile.TemporaryDirectory() as folder:
-        options, keys = {}, []
-        if curve:
-            options, keys = _curve_keys(Path(folder))
-        settings = ReceiverSettings(capture_dir=Path(folder) / "captures", data_endpoint=endpoint,
-                                    overview_grace_s=1.0, max_message_bytes=64 << 20, **options)
+        extra = dict(options or {})
+        if source != "simed":  # (a setting older revisions do not have)
+            extra |= {"source": source, "scan": {"shape": _nav(frames), "frames_per_position": FRAMES_PER_POSITION}}
+        settings = ReceiverSettings(capture_dir=Path(folder), data_endpoint=endpoint, overview_grace_s=1.0,
+                                    max_message_bytes=64 << 20, **extra)
         with Receiver(settings) as receiver:
             with CpuMeter() as cpu:
-                detector = _start_detector(endpoint, frames, rate, keys)
+                detector = _start_detector(source, endpoint, frames, rate, detector_flags)
                 summary = receiver.wait_for_series(1, 600)[0]
             detector.wait()
             status = receiver.status()
@@ -138,125 +148,62 @@ def ingest(frames: int, rate: str, curve: bool = False) -> dict:
     return {"frames": a["received"], "fps": a["received"] / summary.ingest_seconds,
             "dropped": a["dropped_at_source"] + a["missing"] + a["rejected"], "accounting": a,
             "capture_MB": round(capture_bytes / 1e6, 1), "rejected_messages": status["rejected_messages"],
-            "cpu_us_per_frame": cpu.seconds / received * 1e6,
-            "stages_us_per_frame": status.get("cpu_us_per_frame", {}),
-            "zmq_io_us_per_frame": cpu.zmq_seconds / received * 1e6}
-
-
-def _curve_keys(folder: Path) -> tuple[dict, list[str]]:
-    """Key pairs for a detector and a receiver that trust each other: (receiver settings, detector flags)."""
-    from simed_stream.keys import create_key_pair
-
-    detector, receiver = create_key_pair(folder / "detector", "detector"), create_key_pair(folder / "rx", "receiver")
-    security = {"secret_key": receiver.secret, "server_key": detector.public}
-    return ({"security": security},
-            ["--secret-key", str(detector.secret), "--authorized-keys", str(receiver.public.parent)])
-
-
-def _baseline_tree(revision: str, folder: Path) -> Path:
-    """`simed_stream` and `simulator` of `revision`, exported into `folder`."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision, "simed_stream", "simulator"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
-    return folder
-
-
-def measure(tree: Path, frames: int, rate: str = "max", **options) -> dict:
-    """`ingest` with the package in `tree`, in a fresh child process (this file, `--measure`):
-    ours and the baseline's alike, so neither inherits the other's heap or caches."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    flags = [f"--{key}" if value is True else f"--{key}={value}" for key, value in options.items() if value]
-    done = subprocess.run([sys.executable, __file__, "--measure", "--frames", str(frames), "--rate", rate, *flags],
-                          env=env, check=True, capture_output=True, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _median(runs: list[dict], key: str) -> float:
-    return statistics.median(run[key] for run in runs)
-
-
-def _ratio(runs: list[dict], others: list[dict], key: str) -> float:
-    return round(statistics.median(run[key] / other[key] for run, other in zip(runs, others)), 3)
-
-
-def _profile_table(runs: list[dict]) -> dict:
-    stages = {stage: statistics.median(run["stages_us_per_frame"][stage] for run in runs)
-              for stage in runs[0]["stages_us_per_frame"]}
-    total = _median(runs, "cpu_us_per_frame")
-    zmq_io = _median(runs, "zmq_io_us_per_frame")
-    table = dict(stages, zmq_io_thread=zmq_io, other=total - sum(stages.values()) - zmq_io, total=total)
-    print("CPU µs per frame, by stage (medians):", flush=True)
-    for stage, value in table.items():
-        print(f"  {stage:>14}: {value:7.1f}", flush=True)
-    return {stage: round(value, 1) for stage, value in table.items()}
-
-
-def _summary(runs: list[dict], ceilings: list[dict]) -> dict:
-    return {"ingest_fps": round(_median(runs, "fps")), "ratio": _ratio(runs, ceilings, "fps"),
-            "cpu_us_per_frame": round(_median(runs, "cpu_us_per_frame"), 1),
-            "capture_MB": runs[-1]["capture_MB"], "dropped": sum(run["dropped"] for run in runs)}
-
-
-def run_all(args, ours: Path, baseline: Path | None) -> dict[str, list[dict]]:
-    """(a) and each kind of (b), alternating, `args.repeats` times."""
-    kinds = {"ingest": lambda: measure(ours, args.frames)}
-    if baseline is not None:
-        kinds["baseline"] = lambda: measure(baseline, args.frames)
-    if args.curve:
-        kinds["curve"] = lambda: measure(ours, args.frames, curve=True)
-    runs: dict[str, list[dict]] = {"raw": [], **{kind: [] for kind in kinds}}
-    for repeat in range(args.repeats):
-        runs["raw"].append(raw(args.frames))
-        for kind, run in kinds.items():
-            runs[kind].append(run())
-        print(f"[{repeat + 1}/{args.repeats}] " + " | ".join(
-            f"{kind} {runs[kind][-1]['fps']:.0f} frames/s ({runs[kind][-1]['cpu_us_per_frame']:.0f} µs/frame)"
-            for kind in runs), flush=True)
-    return runs
+            "cpu_us_per_frame": cpu.seconds / received * 1e6, "zmq_io_us_per_frame": cpu.zmq_seconds / received * 1e6,
+            "stages_us_per_frame": status.get("cpu_us_per_frame", {})}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", default=",".join(SOURCES), help="comma-separated; simed always runs (the baseline)")
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--paced-frames", type=int, default=20000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--baseline", metavar="REV")
-    parser.add_argument("--curve", action="store_true")
-    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # one (b), as JSON
-    parser.add_argument("--rate", default="max", help=argparse.SUPPRESS)
+    parser.add_argument("--web", action="store_true", help="what the live page costs ingest (see above)")
+    parser.add_argument("--pairs", type=int, default=6, help="with --web: runs without and with the page")
+    add_study_options(parser)
     args = parser.parse_args()
-    if args.measure:
-        ingest(2000, "max", args.curve)  # warm up: numba's cache, the page cache
-        print(json.dumps(ingest(args.frames, args.rate, args.curve)))
-        return
-    import simed_stream
+    if args.web:
+        import bench_web
 
-    ours = Path(simed_stream.__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory(prefix="simed-baseline-") as folder:
-        baseline = _baseline_tree(args.baseline, Path(folder)) if args.baseline else None
-        runs = run_all(args, ours, baseline)
-        paced = measure(ours, args.paced_frames, "2000")
-    print(f"(c) paced 2000/s: {paced['fps']:.0f} frames/s, {paced['dropped']} not received, "
-          f"{paced['cpu_us_per_frame']:.0f} µs/frame", flush=True)
-    ceilings = runs["raw"]
-    result = {"shape": list(SHAPE), "dtype": "uint16", "frames": args.frames, "repeats": args.repeats,
-              "raw_fps": round(_median(ceilings, "fps")),
-              "raw_cpu_us_per_frame": round(_median(ceilings, "cpu_us_per_frame"), 1),
-              **_summary(runs["ingest"], ceilings),
-              "paced_2000": {"frames": args.paced_frames, "dropped": paced["dropped"], "fps": round(paced["fps"]),
-                             "cpu_us_per_frame": round(paced["cpu_us_per_frame"], 1)}}
-    if args.profile:
-        result["profile_us_per_frame"] = _profile_table(runs["ingest"])
-    if baseline is not None:
-        result["baseline"] = dict(_summary(runs["baseline"], ceilings), revision=args.baseline)
-        result["cpu_ratio"] = _ratio(runs["ingest"], runs["baseline"], "cpu_us_per_frame")
-        result["fps_ratio"] = _ratio(runs["ingest"], runs["baseline"], "fps")
-    if args.curve:
-        result["curve"] = dict(_summary(runs["curve"], ceilings), cpu_ratio=_ratio(runs["curve"], runs["ingest"],
-                                                                                    "cpu_us_per_frame"),
-                               fps_ratio=_ratio(runs["curve"], runs["ingest"], "fps"))
-    print(json.dumps(result))
+        return bench_web.compare(args.frames, args.pairs)
+    if args.measure or args.profile or args.baseline or args.curve or args.repeats > 1:
+        import ingest_study
+
+        return ingest_study.study(args)
+    sources = ["simed"] + [s for s in args.source.split(",") if s and s != "simed"]
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        parser.error(f"unknown source(s) {sorted(unknown)}; known: {', '.join(SOURCES)}")
+    for source in sources:  # warm up: numba's cache, the page cache, each adapter's imports
+        ingest(source, 2000, "max")
+    ceiling = raw(args.frames)
+    print(f"(a) raw transport: {ceiling['fps']:.0f} frames/s", flush=True)
+    baseline = None
+    for source in sources:
+        full = ingest(source, args.frames, "max")
+        baseline = baseline or full["fps"]
+        paced = ingest(source, args.paced_frames, "2000")
+        print(f"{source}: (b) full ingest {full['fps']:.0f} frames/s, {full['dropped']} not received; "
+              f"(c) paced 2000/s: {paced['dropped']} not received", flush=True)
+        line = {"source": source, "shape": list(SHAPE), "dtype": "uint16", "frames": args.frames,
+                "ingest_fps": round(full["fps"]), "ratio_to_simed": round(full["fps"] / baseline, 3),
+                "cpu_us_per_frame": round(full["cpu_us_per_frame"], 1),
+                "dropped": full["dropped"], "rejected_messages": full["rejected_messages"],
+                "paced_2000": {"frames": args.paced_frames, "dropped": paced["dropped"], "fps": round(paced["fps"])},
+                "capture_MB": full["capture_MB"]}
+        if source == "simed":
+            ratio = round(full["fps"] / ceiling["fps"], 3)
+            line |= {"raw_fps": round(ceiling["fps"]), "ratio": ratio, "ratio_to_raw": ratio,
+                     "raw_cpu_us_per_frame": round(ceiling["cpu_us_per_frame"], 1)}
+        print(json.dumps(line), flush=True)
+
+
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", action="store_true", help="CPU µs per frame of each ingest stage")
+    parser.add_argument("--baseline", metavar="REV", help="also measure another git revision's code, same run")
+    parser.add_argument("--curve", action="store_true", help="also measure ingest over CURVE (keys made for the run)")
+    parser.add_argument("--repeats", type=int, default=1, help="alternate (a) and (b) this many times, medians")
+    parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)  # a study's child: one (b)
+    parser.add_argument("--rate", default="max", help=argparse.SUPPRESS)
 
 
 if __name__ == "__main__":

@@ -26,16 +26,9 @@ from tqdm import tqdm
 from simed_stream.phasing.classical import Geometry
 from simed_stream.phasing.engine import EngineSettings, PhaseRetrievalEngine
 from simed_stream.phasing.inference import read_card
+from simed_stream.phasing.preprocess import NOISE_KEY, counting_noise
 
 DEFAULT_CARD = Path(__file__).resolve().parents[1] / "models" / "phaser-cpu" / "model_card.json"
-
-
-def noisy(diffraction: np.ndarray, dose_e_per_A2: float | None, box_A: float, key: tuple[int, ...]) -> np.ndarray:
-    """Counting noise at the dose (electrons per Å² over the box), seeded per sample."""
-    if dose_e_per_A2 is None:
-        return diffraction
-    electrons = dose_e_per_A2 * box_A**2
-    return np.random.default_rng(list(key)).poisson(np.clip(diffraction, 0, None) * electrons) / electrons
 
 
 def main() -> None:
@@ -82,8 +75,8 @@ def main() -> None:
         todo = np.flatnonzero(~out["done"][:] & wanted)
         for first in tqdm(range(0, len(todo), args.batch), unit="batch", desc=out_path.name):
             index = todo[first : first + args.batch]
-            patterns = np.stack([noisy(f["diffraction"][i].astype(np.float64), args.diffraction_dose, box_A, (seed, int(i), 7))
-                                 for i in index])
+            patterns = np.stack([counting_noise(f["diffraction"][i].astype(np.float64), args.diffraction_dose, box_A,
+                                                (seed, int(i), NOISE_KEY)) for i in index])
             started = time.perf_counter()
             result = engine(patterns, np.stack([f["image_lr"][i] for i in index]).astype(np.float64))
             seconds = (time.perf_counter() - started) / len(index)

@@ -12,14 +12,16 @@ import logging
 import sys
 
 from simed_stream import __version__
-from simed_stream.cli import demo, detector, live, phaser, receive, reprocess, simulate
+from simed_stream.cli import demo, detector, live, overview, phaser, receive, reprocess, simulate
 from simed_stream.cli.options import add_command
 from simed_stream.errors import SimedError
 from simed_stream.live.settings import LiveSettings
 
 #: commands whose options are one settings model: (name, model, what runs it, one-line help)
 SETTINGS_COMMANDS = (
-    ("receive", receive.ReceiveCommand, receive.receive, "receive a simed-stream/1 stream into lossless HDF5 captures"),
+    ("receive", receive.ReceiveCommand, receive.receive,
+     "receive a detector's stream (simed, dectris, merlin, serval) into lossless HDF5 captures"),
+    ("overview", overview.OverviewCommand, overview.overview, "send the microscope's overview image to a running receiver"),
     ("reprocess", reprocess.ReprocessCommand, reprocess.reprocess,
      "phase the particles of recorded captures into a RELION-ready stack"),
     ("run", LiveSettings, live.run, "the live pipeline beside the microscope"),

@@ -10,13 +10,13 @@ from pydantic import Field
 
 from simed_stream.chain_settings import DEFAULT_MODEL
 from simed_stream.cli.common import print_status
-from simed_stream.config import Settings
+from simed_stream.live.settings import LiveSettings, WebOptions
 
 SCAN_SHAPE = (10, 10)
 REPLAY_FRAMES_PER_S = 2000.0
 
 
-class DemoCommand(Settings):
+class DemoCommand(WebOptions):
     out: Path = Field(Path("simed-demo"), description="output folder")
     particles: int = Field(8, ge=1, description="orientations of ubiquitin, one particle each")
     workers: int = Field(2, ge=1, description="simulation processes")
@@ -30,7 +30,6 @@ def demo(command: DemoCommand) -> int:
     from simed_stream.capture import CaptureReader
     from simed_stream.cli.live import run_live
     from simed_stream.cli.replay import replay_capture
-    from simed_stream.live.settings import LiveSettings
 
     started = time.monotonic()
     from simed_stream.phasing.inference import read_card
@@ -42,7 +41,7 @@ def demo(command: DemoCommand) -> int:
           f"pipeline -> {run_dir}", flush=True)
     with CaptureReader(scan) as reader:
         truth = reader.truth()  # the live stream carries no truth: the demo knows it
-    settings = LiveSettings(out=run_dir, model=command.model, overview_timeout_s=5.0)
+    settings = LiveSettings(out=run_dir, model=command.model, overview_timeout_s=5.0, **command.web_options())
     pipeline = replay_capture(scan, settings, REPLAY_FRAMES_PER_S, None,
                               print_status, run_live, truth_of=lambda _series_id: truth)
     for r in pipeline.results:

@@ -1,4 +1,5 @@
-"""`simed detector`: the fake ASI/JEOL detector, streaming a capture or a synthetic scan."""
+"""`simed detector`: a simulated detector streaming a capture or a synthetic scan, in
+simed-stream/1 (default) or, with --source, as a DECTRIS, Merlin or Serval detector would."""
 
 from __future__ import annotations
 
@@ -20,7 +21,18 @@ def add(commands) -> None:
     source = detector.add_mutually_exclusive_group(required=True)
     source.add_argument("--capture", type=Path, metavar="FILE.h5", help="capture written by `simed receive`")
     source.add_argument("--synthetic", action="store_true", help="a synthetic scan (direct beam, descan drift, hot pixels)")
-    detector.add_argument("--data", default=DEFAULT_DATA_ENDPOINT, help=f"data endpoint to bind (default {DEFAULT_DATA_ENDPOINT})")
+    detector.add_argument("--source", choices=["simed", "dectris", "merlin", "serval"], default="simed",
+                          help="the wire format (default simed-stream/1); dectris, merlin and serval send no positions")
+    detector.add_argument("--data", default=None, help=f"data endpoint to bind (default {DEFAULT_DATA_ENDPOINT}; "
+                          "merlin tcp://127.0.0.1:6342, serval tcp://127.0.0.1:8088 or tcp://connect@HOST:PORT)")
+    detector.add_argument("--overview-dir", type=Path, default=None,
+                          help="vendor sources: write the overview image there as an MRC file")
+    detector.add_argument("--flyback-frames", type=int, default=0, help="vendor sources: frames per line's flyback")
+    detector.add_argument("--start-frame", type=int, default=0, help="vendor sources: frames before the scan")
+    detector.add_argument("--dectris-version", type=int, choices=[1, 2], default=1, help="DECTRIS stream v1 or v2")
+    detector.add_argument("--compression", choices=["bslz4", "lz4", "none"], default="bslz4", help="DECTRIS frames")
+    detector.add_argument("--byte-order", choices=["big", "little"], default="big", help="Serval pixels")
+    detector.add_argument("--serval-variant", choices=["new", "old"], default="new", help="Serval header format")
     detector.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT,
                           help=f"control endpoint to bind, or 'none' (default {DEFAULT_CONTROL_ENDPOINT})")
     detector.add_argument("--rate", type=rate, default="recorded", metavar="FPS|recorded|max",
@@ -47,12 +59,17 @@ def _detector(args) -> int:
     import zmq
 
     from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
-    from simulator.detector import FakeDetector, FaultPlan, capture_series, synthetic_series
+    from simed_stream.capture_replay import capture_series
+    from simed_stream.detectors.simed.fake import FakeDetector, FaultPlan
+    from simulator.synthetic import synthetic_series
 
     try:
         faults = FaultPlan.parse(args.faults)
     except ValueError as error:
         raise SimedError(f"--faults: {error}") from None
+    from simed_stream.detectors.settings import DEFAULT_ENDPOINTS
+
+    args.data = args.data or DEFAULT_ENDPOINTS[args.source]
     warn_if_not_loopback(args.data)
     if args.capture is not None:
         if not args.capture.is_file():
@@ -66,6 +83,8 @@ def _detector(args) -> int:
         series_id = args.series_id or time.strftime("synthetic-%Y%m%d-%H%M%S")
         make = lambda: synthetic_series(series_id, args.nav_shape, args.frames_per_position, args.sig_shape,  # noqa: E731
                                         batch_frames=args.batch_frames, seed=args.seed)
+    if args.source != "simed":
+        return _vendor_detector(args, make)
     control = None if args.control == "none" else args.control
     if control:
         warn_if_not_loopback(control)
@@ -88,3 +107,28 @@ def _detector(args) -> int:
     print(f"detector: {status['series_done']} series, last {status['series_id']}: {status['frames_sent']} frames sent, "
           f"{status['frames_dropped_at_source']} dropped at source")
     return 0
+
+
+def _vendor_detector(args, make) -> int:
+    import zmq
+
+    from simed_stream.detectors.simulators import make_simulator
+
+    try:
+        simulator = make_simulator(args.source, args.data, args.rate, args.overview_dir, args.flyback_frames,
+                                   args.start_frame, args.dectris_version, args.compression, args.byte_order,
+                                   args.serval_variant)
+    except (OSError, zmq.ZMQError) as error:
+        raise SimedError(f"cannot bind {args.data}: {error}") from None
+    logging.getLogger("simed").info("%s detector on %s", args.source, args.data)
+    try:
+        simulator.run([make], loop=args.loop)
+    except (OSError, ValueError, zmq.ZMQError) as error:
+        raise SimedError(f"{args.source} detector: {error}") from None
+    finally:
+        simulator.close()
+    last = simulator.last
+    print(f"detector: {simulator.series_count} series, last {last.series_id if last else '-'}: "
+          f"{len(last.sent) if last else 0} frames sent ({args.source})")
+    return 0
+

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import signal
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, model_validator
 
 from simed_stream.cli.common import print_status, warn_if_not_loopback
 from simed_stream.config import cli
@@ -24,6 +25,10 @@ class ReplayCommand(LiveSettings):
     overview_timeout_s: float = Field(5.0, gt=0, allow_inf_nan=False,
                                       description="after series_end, wait this long for the overview")
 
+    @model_validator(mode="after")
+    def _scan_for_positionless_sources(self) -> "ReplayCommand":
+        return self  # a replay takes the scan, optics and overview calibration from the capture
+
 
 def run(settings: LiveSettings) -> int:
     """Connect to the detector's data socket; ingest and capture every series, pick, match and
@@ -37,23 +42,38 @@ def run(settings: LiveSettings) -> int:
 
 
 def run_live(pipeline) -> int:
-    """Run until done or Ctrl-C (a clean stop that keeps everything); print each series' outcome."""
-    previous = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())
-    try:
-        results = pipeline.run()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    print(file=sys.stderr)
-    for r in results:
-        print(f"series {r.series_id}: {r.status}; {r.picks} picks, {r.phased} phased"
-              + "".join(f", {n} flagged ({why})" for why, n in r.flagged.items()) + f" -> {r.out_dir}")
-    print(f"status: {pipeline.out_dir / 'status.json'}")
+    """Run until done or Ctrl-C (a clean stop that keeps everything); print each series' outcome.
+    With `web` in its settings the live page is served meanwhile (and `web_hold_s` after)."""
+    from simed_stream.web.launch import hold, serving
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    with ExitStack() as stack:
+        try:
+            page = stack.enter_context(serving(pipeline.view, pipeline.settings, say))
+        except BaseException:  # e.g. the port is taken: the run never starts, its workers must not stay
+            if pipeline.fanout is not None:
+                pipeline.fanout.close()
+            raise
+        previous = signal.signal(signal.SIGINT, lambda *_: pipeline.stop())
+        try:
+            results = pipeline.run()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        print(file=sys.stderr)
+        for r in results:
+            print(f"series {r.series_id}: {r.status}; {r.picks} picks, {r.phased} phased"
+                  + "".join(f", {n} flagged ({why})" for why, n in r.flagged.items()) + f" -> {r.out_dir}")
+        print(f"status: {pipeline.out_dir / 'status.json'}", flush=True)
+        hold(page, pipeline.settings.web_hold_s, say)
     return 0 if results and all(r.status == "phased" for r in results) and not pipeline.errors else 1
 
 
 def replay(command: ReplayCommand) -> int:
-    """Start a paced fake detector on the capture (on a private local socket) and run the live
-    pipeline on it; or, with --data, connect to a detector that is already replaying it."""
+    """Start a paced simulated detector on the capture (on a private local socket; --source picks
+    its format: simed-stream/1, DECTRIS, Merlin or Serval, the overview then as a file) and run
+    the live pipeline on it; or, with --data, connect to a detector that is already replaying it."""
     from simed_stream.cli.replay import replay_capture
 
     pipeline = replay_capture(command.capture, command, command.rate, command.data_endpoint, print_status, run_live)

@@ -43,8 +43,8 @@ def receive(settings: ReceiveCommand) -> int:
     receiver = Receiver(settings, _PrintClosed())
     try:
         receiver.start()
-    except zmq.ZMQError as error:
-        raise SimedError(f"cannot connect to {settings.data_endpoint}: {error}") from None
+    except (zmq.ZMQError, OSError) as error:
+        raise SimedError(f"cannot connect to {settings.data_endpoint} ({settings.source}): {error}") from None
     with receiver:  # already started: __enter__ does not start it again
         try:
             while not settings.series or len(receiver.closed) < settings.series:

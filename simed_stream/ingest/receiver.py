@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from simed_stream import kernels
 from simed_stream.capture import add_late_overview
 from simed_stream.files import unique_path
+from simed_stream.ingest.overviews import OverviewDesk, OverviewInputs
 from simed_stream.ingest.series import OpenSeries, SeriesSummary
 from simed_stream.ingest.settings import ReceiverSettings
 from simed_stream.ingest.stages import StageClock
@@ -63,6 +64,8 @@ class Receiver:
         self.telemetry = IngestTelemetry()
         self.stages = StageClock()
         self.wire = Wire(settings, self.stages)
+        self.overview_desk = OverviewDesk(settings, settings.max_message_bytes)
+        self.overview_inputs = OverviewInputs(settings, settings.max_message_bytes, self.wire.put_input)
         self._series: dict[str, OpenSeries] = {}
         self.closed: list[SeriesSummary] = []
         self._closed_ids: set[str] = set()
@@ -84,12 +87,14 @@ class Receiver:
     def start(self) -> None:
         kernels.warm_up()  # before the first series can arrive, not while its frames queue
         thread = threading.Thread(target=self._process_loop, name="simed-process", daemon=True)
-        self.wire.start(consumer_alive=thread.is_alive)  # raises zmq.ZMQError for a bad endpoint
+        self.wire.start(consumer_alive=thread.is_alive)  # raises zmq.ZMQError or OSError for a bad endpoint
         self._thread = thread
         thread.start()
+        self.overview_inputs.start()
 
     def stop(self) -> list[SeriesSummary]:
         """Stop receiving, process what is queued, close every open series."""
+        self.overview_inputs.stop()
         self.wire.stop()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -130,6 +135,8 @@ class Receiver:
                         self._on_message(item)
                     elif item.kind == "rejected":
                         self._reject(item.error)
+                    elif item.kind == "overview":
+                        self._take(item, self.overview_desk.place(item.message, self._series, self.closed))
                     self._housekeeping(item.wire_ns)
                 except Exception as error:  # a bug or a disk error on one message: log, count, go on
                     log.exception("error while handling a %s item", item.kind)
@@ -152,6 +159,10 @@ class Receiver:
         if isinstance(message, Heartbeat):
             self.telemetry.count(heartbeats=1)
             return
+        self._dispatch(item)
+
+    def _dispatch(self, item: Received) -> None:
+        message = item.message
         if isinstance(message, SeriesStart):
             self._open(message, item)
             return
@@ -188,6 +199,7 @@ class Receiver:
         with self._lock:
             self._series[start.series_id] = series
         self._hand_over(self.listener.series_started, start)
+        self._take(item, self.overview_desk.on_series_start(start.series_id))
         log.info("series %s started: %s frames expected, scan %s × %d frames/position",
                  start.series_id, start.frames_expected, start.nav_shape, start.frames_per_position)
 
@@ -211,6 +223,13 @@ class Receiver:
             self.telemetry.count(duplicates=duplicates)
         if frames:
             self.telemetry.frames_received(frames, nbytes)
+
+    def _take(self, item: Received, placed) -> None:
+        """A loose overview, placed on its series (`overviews.py`), into the path of any message."""
+        if placed is not None and placed.error is not None:
+            self._reject(placed.error)
+        elif placed is not None:
+            self._dispatch(Received("message", item.received_ns, item.wire_ns, placed.message, placed.header_bytes))
 
     def _position_sum(self, record: PositionSum) -> None:
         self._hand_over(self.listener.position_sum, record)

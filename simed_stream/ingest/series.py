@@ -152,6 +152,7 @@ class OpenSeries:
     def add_end(self, message: SeriesEnd, header_bytes: bytes, received_ns: int, wire_ns: int) -> None:
         self.end, self.ended_wire_ns = message, wire_ns
         self.accounting.dropped_at_source = message.frames_dropped_at_source
+        self.accounting.skipped, self.accounting.extra = message.frames_skipped, message.frames_beyond_scan
         self.writer.add_message(header_bytes, received_ns)
 
     def flush_if_due(self, interval_s: float) -> None:
@@ -165,7 +166,7 @@ class OpenSeries:
     def close(self, problem: str | None) -> SeriesSummary:
         """Finish the position sums, write what the capture must say, close it."""
         self.sums.finish_all()
-        notes = [problem] if problem else []
+        notes = ([problem] if problem else []) + (self.end.notes if self.end is not None else [])
         if not self.overview_received:
             notes.append("no overview image received")
         if self.sums.late_frames:
@@ -175,6 +176,9 @@ class OpenSeries:
             notes.append("detector reports more frames dropped at source than were not received")
         if accounting.missing:
             notes.append(f"{accounting.missing} frame(s) missing")
+        if accounting.extra:
+            notes.append(f"{accounting.extra} frame(s) beyond the scan: the series was longer than the scan "
+                         "(not captured)")
         plane, why_not = self.sums.descan_plane()
         if why_not:
             notes.append(why_not)

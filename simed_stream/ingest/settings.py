@@ -6,14 +6,16 @@ from pathlib import Path
 
 from pydantic import Field
 
-from simed_stream.config import Settings, cli
-from simed_stream.protocol import DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
+from simed_stream.config import cli
+from simed_stream.detectors.settings import SourceSettings
+from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 
-class ReceiverSettings(Settings):
+class ReceiverSettings(SourceSettings):
+    """The source (`detectors/settings.py`: source, endpoint, scan, optics, overview) and the
+    receiver's own bounds and times."""
+
     capture_dir: Path = Field(description="folder for the captures", json_schema_extra=cli("--out", "--capture-dir"))
-    data_endpoint: str = Field(DEFAULT_DATA_ENDPOINT, min_length=1, description="the detector's data endpoint",
-                               json_schema_extra=cli("--data-endpoint", "--data"))
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0,
                                    description="larger messages are rejected, their frames accounted for")
     queue_messages: int = Field(8, ge=1, description="messages queued between the receive and processing threads")

@@ -23,6 +23,7 @@ from simed_stream.ingest import SeriesSummary
 from simed_stream.live.phasing import FinishSeries, PhaseBatch
 from simed_stream.live.settings import LiveSettings
 from simed_stream.live.status import LiveCounters
+from simed_stream.live.view import LiveView, SeriesView
 from simed_stream.particles import ScanCalibration
 from simed_stream.phasing.inference import Phaser
 from simed_stream.protocol import OverviewImage, SeriesStart
@@ -39,8 +40,8 @@ class OverviewArrived:
 
 
 class _OpenSeries:
-    def __init__(self, start: SeriesStart):
-        self.start = start
+    def __init__(self, start: SeriesStart, view: SeriesView):
+        self.start, self.view = start, view
         self.sums: dict[int, PositionSum] = {}  # kept until the overview comes
         self.chain: SeriesChain | None = None
         self.overview_arrived_s = 0.0
@@ -51,12 +52,14 @@ class _OpenSeries:
 
 
 class SeriesBook:
-    """Lives in the event thread only; results of series that never got a chain go to `done`."""
+    """Lives in the event thread only; results of series that never got a chain go to `done`.
+    It publishes what it learns of each series to `view` (coverage, overview, picks)."""
 
     def __init__(self, settings: LiveSettings, phaser: Phaser, counters: LiveCounters,
-                 tasks: queue.Queue, done: Callable[[SeriesResult], None],
+                 tasks: queue.Queue, done: Callable[[SeriesResult, SeriesView], None], view: LiveView,
                  truth_of: Callable[[str], dict | None] | None = None):
         self.settings, self.phaser, self.counters, self.tasks, self.done = settings, phaser, counters, tasks, done
+        self.view = view
         self.truth_of = truth_of or (lambda _series_id: None)
         self.open: dict[str, _OpenSeries] = {}
         self.cached_bytes = 0
@@ -65,7 +68,7 @@ class SeriesBook:
         if isinstance(event, PositionSum):
             self._position(event)
         elif isinstance(event, SeriesStart):
-            self.open[event.series_id] = _OpenSeries(event)
+            self.open[event.series_id] = _OpenSeries(event, self.view.open_series(event))
             self.counters.set(series_open=len(self.open))
         elif isinstance(event, OverviewArrived):
             self._overview(event)
@@ -83,6 +86,7 @@ class SeriesBook:
         series = self.open.get(record.series_id)
         if series is None:
             return
+        series.view.position(record.position, record.valid)
         if series.chain is not None:  # overview already in: use it now, keep nothing
             if record.position in series.chain.waiting:
                 self._offer(series, record)
@@ -112,6 +116,7 @@ class SeriesBook:
             log.error("series %s: %s", start.series_id, error)
             return
         series.overview_arrived_s = event.arrived_s
+        series.view.overview_in(series.chain)
         self.counters.add(particles_found=series.chain.result.picks)
         for position in series.chain.positions_needed():
             cached = series.sums.get(position)
@@ -146,19 +151,20 @@ class SeriesBook:
     def finish(self, series_id: str, notes: list[str], accounting: dict | None = None) -> None:
         series = self.open.pop(series_id)
         self._release(series)
+        series.view.closed()
         if series.chain is not None:
             if series.ready:
-                self.tasks.put(PhaseBatch(series.chain, series.ready, series.overview_arrived_s))
+                self.tasks.put(PhaseBatch(series.chain, series.ready, series.overview_arrived_s, series.view))
             if series.failed:  # e.g. position sums dropped from the live cache: say why particles lack data
                 notes = notes + [series.failed]
-            self.tasks.put(FinishSeries(series.chain, notes, accounting))
+            self.tasks.put(FinishSeries(series.chain, notes, accounting, series.view))
         else:
             cache_only = series.failed is not None and series.failed.startswith(BEYOND_CACHE)
             status = NO_OVERVIEW if series.failed is None or cache_only else series.failed
             advice = ("captured frames kept in captures/; `simed reprocess` it once an overview is added"
                       if status == NO_OVERVIEW else "captured frames kept in captures/")
             self.done(SeriesResult(series_id, self._series_dir(series_id), status, accounting=accounting,
-                                   notes=notes + ([series.failed] if cache_only else []) + [advice]))
+                                   notes=notes + ([series.failed] if cache_only else []) + [advice]), series.view)
         self.counters.set(series_open=len(self.open))
 
     def _release(self, series: _OpenSeries) -> None:
@@ -171,10 +177,10 @@ class SeriesBook:
         size, latency = self.settings.batch_size, self.settings.batch_latency_s
         for series in self.open.values():
             while len(series.ready) >= size:
-                self.tasks.put(PhaseBatch(series.chain, series.ready[:size], series.overview_arrived_s))
+                self.tasks.put(PhaseBatch(series.chain, series.ready[:size], series.overview_arrived_s, series.view))
                 series.ready = series.ready[size:]
                 series.ready_since = now
             if series.ready and now - series.ready_since >= latency:
-                self.tasks.put(PhaseBatch(series.chain, series.ready, series.overview_arrived_s))
+                self.tasks.put(PhaseBatch(series.chain, series.ready, series.overview_arrived_s, series.view))
                 series.ready = []
         self.counters.set(phasing_queue=self.tasks.qsize())

@@ -15,6 +15,7 @@ from typing import Callable
 
 from simed_stream.chain import SeriesChain, SeriesResult
 from simed_stream.live.status import LiveCounters
+from simed_stream.live.view import SeriesView
 from simed_stream.records import Particle
 
 log = logging.getLogger("simed_stream.live")
@@ -26,6 +27,7 @@ class PhaseBatch:
     chain: SeriesChain
     particles: list[Particle]
     overview_arrived_s: float  # monotonic: the latency is measured from here
+    view: SeriesView  # where its phased particles are published
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,11 @@ class FinishSeries:
     chain: SeriesChain
     notes: list[str]
     accounting: dict | None
+    view: SeriesView
 
 
 class PhasingThread:
-    def __init__(self, counters: LiveCounters, done: Callable[[SeriesResult], None]):
+    def __init__(self, counters: LiveCounters, done: Callable[[SeriesResult, SeriesView], None]):
         self.counters, self.done = counters, done
         self.tasks: queue.Queue[PhaseBatch | FinishSeries | None] = queue.Queue(maxsize=TASK_QUEUE)
         self._latency_s: dict[int, float] = {}  # per chain: overview arrival → last particle in the stack
@@ -63,19 +66,20 @@ class PhasingThread:
 
     def _phase(self, task: PhaseBatch) -> None:
         phased = task.chain.phase(task.particles)
-        self.counters.add(particles_phased=phased)
+        self.counters.add(particles_phased=len(phased))  # the phaser may flag some: they are not among them
         self._latency_s[id(task.chain)] = time.monotonic() - task.overview_arrived_s
+        task.view.phased(phased)
 
     def _finish(self, task: FinishSeries) -> None:
         result = task.chain.finish(task.notes, task.accounting)
         self.counters.add(particles_flagged=sum(result.flagged.values()))
-        self._done(task.chain, result)
+        self._done(task, result)
 
-    def _done(self, chain: SeriesChain, result: SeriesResult) -> None:
-        latency = self._latency_s.pop(id(chain), None)
+    def _done(self, task: FinishSeries, result: SeriesResult) -> None:
+        latency = self._latency_s.pop(id(task.chain), None)
         if latency is not None:
             result.seconds["overview_to_last_particle"] = latency
-        self.done(result)
+        self.done(result, task.view)
 
     def _failed(self, task: PhaseBatch | FinishSeries, error: Exception) -> None:
         series_id = task.chain.result.series_id
@@ -89,4 +93,4 @@ class PhasingThread:
                 result.status = f"failed: {error}"
         else:
             result.status = f"failed: {error}"  # keep its flags, notes and accounting
-            self._done(task.chain, result)
+            self._done(task, result)

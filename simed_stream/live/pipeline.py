@@ -10,6 +10,9 @@ Threads, one job each:
 - the phasing thread (`phasing.py`): phase-retrieval engine + network + stack/STAR, batch after batch;
 - the caller's thread (`run`): console status and `status.json` (`status.py`), about once a second.
 
+What onlookers may see (the web page, `simed_stream/web/`) the threads publish to `view`
+(`view.py`): snapshots read without a lock; nothing here waits for a reader.
+
 Output: `OUT/captures/<series>.h5` (every received byte), `OUT/<series>/` (stack, STAR, picks,
 report, result.json; a series without overview gets a result saying "not phased: no overview"),
 `OUT/status.json`.
@@ -33,6 +36,7 @@ from simed_stream.live.events import OverviewArrived, SeriesBook
 from simed_stream.live.phasing import PhasingThread
 from simed_stream.live.settings import LiveSettings
 from simed_stream.live.status import LiveCounters, live_status, write_status
+from simed_stream.live.view import LiveView, SeriesView
 from simed_stream.phasing.inference import Phaser
 from simed_stream.protocol import OverviewImage, SeriesStart
 from simed_stream.records import PositionSum
@@ -62,9 +66,11 @@ class LivePipeline(ReceiverListener):
             self.phaser.fanout = self.fanout
         self.on_status = on_status
         self.counters = LiveCounters()
+        self.view = LiveView()
         self._events: queue.Queue = queue.Queue(maxsize=settings.event_queue)
         self._phasing = PhasingThread(self.counters, self._done)
-        self._book = SeriesBook(settings, self.phaser, self.counters, self._phasing.tasks, self._done, truth_of)
+        self._book = SeriesBook(settings, self.phaser, self.counters, self._phasing.tasks, self._done, self.view,
+                                truth_of)
         self._event_thread = threading.Thread(target=self._event_loop, name="simed-live-events", daemon=True)
         self._stop = threading.Event()
         self._started = time.time()
@@ -96,13 +102,16 @@ class LivePipeline(ReceiverListener):
     def run(self) -> list[SeriesResult]:
         try:
             self.receiver.start()
-        except zmq.ZMQError as error:
+        except (zmq.ZMQError, OSError) as error:
             if self.fanout is not None:
                 self.fanout.close()
             raise SimedError(f"cannot connect to {self.settings.data_endpoint}: {error}") from None
+        logger = logging.getLogger("simed_stream")
+        logger.addHandler(self.view.log_handler)
         self._event_thread.start()
         self._phasing.start()
         try:
+            self.write_status()
             while not self._stop.is_set():
                 self._stop.wait(self.settings.status_interval_s)
                 self.write_status()
@@ -120,6 +129,7 @@ class LivePipeline(ReceiverListener):
             if self.fanout is not None:
                 self.fanout.close()
             self.write_status(final=True)
+            logger.removeHandler(self.view.log_handler)
         return self.results
 
     def stop(self) -> None:
@@ -145,8 +155,8 @@ class LivePipeline(ReceiverListener):
                     return
             self._book.schedule()
 
-    def _done(self, result: SeriesResult) -> None:
-        """A series' last word (event or phasing thread): result.json, written once, and the tally."""
+    def _done(self, result: SeriesResult, view: SeriesView) -> None:
+        """A series' last word (event or phasing thread): result.json, written once, the tally, the view."""
         try:  # a full disk must not lose the series' result nor stop the thread that reports it
             result.write()
         except OSError as error:
@@ -154,6 +164,7 @@ class LivePipeline(ReceiverListener):
             self.counters.error(f"{result.series_id}: cannot write result.json: {error}")
             result.status = f"failed: cannot write result.json: {error}"
         self.counters.result(result)
+        view.done(result)
         log.info("series %s: %s, %d picks, %d phased", result.series_id, result.status, result.picks, result.phased)
 
     # -- telemetry
@@ -166,6 +177,7 @@ class LivePipeline(ReceiverListener):
         status = self.status()
         status["state"] = "stopped" if final else "running"
         write_status(self.out_dir / "status.json", status)
+        self.view.publish_status(status)
         if self.on_status:
             self.on_status(status)
         return status

@@ -1,22 +1,61 @@
-"""`simed run`'s settings: its YAML keys and its flags (and those of `simed replay`)."""
+"""`simed run`'s settings: its YAML keys and its flags (and those of `simed replay`; the web
+page's, `WebOptions`, also those of `simed demo`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from simed_stream.chain_settings import ChainSettings
-from simed_stream.config import cli
+from simed_stream.config import Settings, cli
+from simed_stream.detectors.settings import SourceSettings
 from simed_stream.ingest.settings import ReceiverSettings
-from simed_stream.protocol import DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES
+from simed_stream.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 
-class LiveSettings(ChainSettings):
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
+
+
+class WebOptions(Settings):
+    """The live page and its JSON API (`simed_stream/web/`, docs/live.md): where, who may see it,
+    how long it stays after the run."""
+
+    web: Optional[str] = Field(None, description="serve the live page and its JSON API on HOST:PORT, e.g. "
+                               "127.0.0.1:8765 (port 0: a free one); beyond loopback only with an access token "
+                               "(web_token, or one is made and printed) (default: no page)")
+    web_token: Optional[str] = Field(None, min_length=16, max_length=256, pattern=r"^[A-Za-z0-9._~-]+$",
+                                     description="the access token the page and the API then require, on any "
+                                     "interface (a flag is visible to other users in ps: prefer the YAML key)")
+    web_hold_s: float = Field(0.0, ge=0, allow_inf_nan=False, description="after the run, keep serving the final "
+                              "page this long (Ctrl-C ends it sooner)")
+
+    @field_validator("web")
+    @classmethod
+    def _host_port(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        match = _HOST_PORT.match(value)
+        if match is None or int(match["port"]) > 65535:
+            raise ValueError("expected HOST:PORT such as 127.0.0.1:8765 or [::1]:8765 (port 0 to 65535)")
+        return value
+
+    def web_address(self) -> tuple[str, int] | None:
+        """(host, port) of `web` (brackets of an IPv6 host removed), or None: no page."""
+        if self.web is None:
+            return None
+        host, port = self.web.rsplit(":", 1)
+        return host.strip("[]"), int(port)
+
+    def web_options(self) -> dict:
+        """These keys alone, to hand on to another command's settings (the demo's live run)."""
+        return {key: getattr(self, key) for key in WebOptions.model_fields}
+
+
+class LiveSettings(ChainSettings, SourceSettings, WebOptions):
     out: Path = Field(description="output folder: captures/, one folder per series, status.json")
-    data_endpoint: str = Field(DEFAULT_DATA_ENDPOINT, min_length=1, description="the detector's data endpoint",
-                               json_schema_extra=cli("--data-endpoint", "--data"))
     batch_latency_s: float = Field(1.0, gt=0, allow_inf_nan=False,
                                    description="a ready particle waits at most this long for its batch to fill")
     overview_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False,
@@ -38,6 +77,7 @@ class LiveSettings(ChainSettings):
                                           description="at stop, how long queued batches may still take")
 
     def receiver_settings(self) -> ReceiverSettings:
-        return ReceiverSettings(capture_dir=self.out / "captures", data_endpoint=self.data_endpoint,
-                                max_message_bytes=self.max_message_bytes, series_timeout_s=self.series_timeout_s,
-                                overview_grace_s=self.overview_timeout_s)
+        source = {key: getattr(self, key) for key in SourceSettings.model_fields}
+        return ReceiverSettings(capture_dir=self.out / "captures", max_message_bytes=self.max_message_bytes,
+                                series_timeout_s=self.series_timeout_s, overview_grace_s=self.overview_timeout_s,
+                                **source)

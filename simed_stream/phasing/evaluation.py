@@ -29,7 +29,7 @@ from simed_stream.errors import SimedError
 from simed_stream.metrics import frc
 from simed_stream.phasing.classical import Geometry, HIOSettings, low_res_start, phase
 from simed_stream.phasing.inference import Phaser
-from simed_stream.phasing.preprocess import SIGMA_200KV
+from simed_stream.phasing.preprocess import SIGMA_200KV, counting_noise
 
 log = logging.getLogger(__name__)
 METHODS = ("gan", "engine", "classical", "lowres_input", "gan_shuffled")
@@ -209,11 +209,10 @@ def _dose_curve(phaser: Phaser, data: dict, doses: list[float], methods, workers
                 out: Path) -> dict:
     """Counting noise at each dose (electrons per Å² over the box), every method scored again."""
     curve_methods = tuple(m for m in methods if m != "gan_shuffled")
-    electrons_box = np.asarray(doses, np.float64) * data["box_A"] ** 2
     curve = {}
-    for dose, electrons in zip(doses, electrons_box):
-        rng = np.random.default_rng([seed, int(dose * 1000)])
-        noisy = rng.poisson(np.clip(data["diffraction"], 0, None) * electrons) / electrons
+    for dose in doses:
+        noisy = np.stack([counting_noise(d, dose, data["box_A"], (seed, int(index), int(dose)))
+                          for d, index in zip(data["diffraction"], data["index"])])
         rows = _score_all(phaser, data, noisy, curve_methods, workers, batch_size, seed)
         summary = _summary(rows, curve_methods)
         curve[f"{dose:g}"] = {"dose_e_per_A2": dose, "frc05_A": summary["mean"], "median_frc05_A": summary["median"],

@@ -32,7 +32,8 @@ from simed_stream.errors import SimedError
 from simed_stream.metrics import frc, ring_index
 from simed_stream.phasing.classical import Geometry, measured_amplitudes
 from simed_stream.phasing.network import PatchDiscriminator, ResidualRefiner, data_consistency
-from simed_stream.phasing.preprocess import INPUT_CHANNELS, INPUT_NORMALISATION, TARGET_SCALE, model_inputs, model_target
+from simed_stream.phasing.preprocess import (INPUT_CHANNELS, INPUT_NORMALISATION, NOISE_KEY, TARGET_SCALE,
+                                             counting_noise, model_inputs, model_target)
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,11 @@ class TripletData:
                 parts["image_lr"].append(f["image_lr"][:][usable])
                 parts["engine"].append(c["sigma_v"][:][usable])
                 parts["spread"].append(c["spread"][:][usable])
-                parts["diffraction"].append(f["diffraction"][:][usable])
+                # the pattern the engine saw: at the sidecar's dose, the same counts it was given
+                dose, seed, box_A = identity.get("diffraction_dose"), int(f.attrs["seed"]), float(f.attrs["box_A"])
+                parts["diffraction"].append(np.stack([
+                    counting_noise(f["diffraction"][i].astype(np.float64), dose, box_A, (seed, int(i), NOISE_KEY))
+                    for i in np.flatnonzero(usable)]).astype(np.float32))
                 parts["target"].append(np.stack([model_target(v) for v in f["potential"][:][usable]]))
                 parts["protein"].extend(names[i] for i in f["protein_id"][:][usable])
         for key, value in parts.items():

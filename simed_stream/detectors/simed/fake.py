@@ -1,4 +1,4 @@
-"""`simed detector`: a fake ASI Cheetah / JEOL scan detector speaking simed-stream/1.
+"""`simed detector`: a fake scan detector speaking simed-stream/1 (the simulator of this protocol).
 
 It binds a ZeroMQ PUSH data socket (as real detectors do; receivers connect) and a REP control
 socket, and streams either a capture file (verbatim: the recorded headers, the recorded pixels,
@@ -23,11 +23,11 @@ import zmq
 from simed_stream.protocol import (DEFAULT_CONTROL_ENDPOINT, DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES,
                                    encode_frames, encode_heartbeat, encode_overview, encode_series_end,
                                    encode_series_start)
-from simulator.detector_sockets import ControlServer, DataSocket
-from simulator.faults import FaultInjector, FaultPlan, FaultReport
-from simulator.sources import SeriesSource, capture_series, synthetic_series
+from simed_stream.detectors.series_source import SeriesSource
+from simed_stream.detectors.simed.faults import FaultInjector, FaultPlan, FaultReport
+from simed_stream.detectors.simed.sockets import ControlServer, DataSocket
 
-__all__ = ["FakeDetector", "FaultPlan", "FaultReport", "SeriesSource", "capture_series", "synthetic_series"]
+__all__ = ["FakeDetector", "FaultPlan", "FaultReport", "SeriesSource"]
 log = logging.getLogger(__name__)
 
 

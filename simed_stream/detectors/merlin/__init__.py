@@ -1,0 +1,1 @@
+"""Quantum Detectors Merlin: the MPX data stream's adapter and a simulator speaking it."""

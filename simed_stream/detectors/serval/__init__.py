@@ -1,0 +1,1 @@
+"""ASI Serval frame streaming (`jsonimage` over TCP): the adapter and a simulator speaking it."""
