@@ -14,3 +14,8 @@ class ConfigError(SimedError):
 
 class StructureError(SimedError):
     """A structure file cannot be used for simulation."""
+
+
+class LinkError(SimedError):
+    """A ZeroMQ link cannot be set up as configured: a key file that cannot be used, or an
+    endpoint off this machine without keys (and without --insecure)."""

@@ -6,10 +6,14 @@ machines started with `simed phase-worker --jobs ENDPOINT --results ENDPOINT`. P
 round-robin to whoever is connected; results carry the job id, so order does not matter. A job
 is one particle; the network, if the phaser has one, runs in the pipeline on the gathered batch.
 
-Messages are a JSON header plus raw little-endian float64 arrays — no pickle: a worker never
-executes what it receives, and every message size is bounded. Each worker runs the engine on
-one thread with the settings the job names, so a particle's result equals the in-process
-engine's for that particle alone.
+Messages (`fanout_messages.py`) are a JSON header plus raw little-endian float64 arrays — no
+pickle: a worker never executes what it receives, and every message size is bounded. Each
+worker runs the engine on one thread with the settings the job names, so a particle's result
+equals the in-process engine's for that particle alone.
+
+Beyond this machine the two sockets are CURVE links (`links.py`): the pipeline binds them as
+the server with its key pair and admits the workers in `authorized_keys`; a worker connects with
+its own pair and the pipeline's public key. Local workers use the pipeline's own pair.
 """
 
 from __future__ import annotations
@@ -21,30 +25,20 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 
 import numpy as np
 import zmq
 
+from simed_stream import links
+from simed_stream.fanout_messages import (IMAGES, MAX_MESSAGE_BYTES, SCALARS, FanoutMessageError, Result,
+                                          decode_job, decode_result, encode_error, encode_job, encode_result,
+                                          read_header)
 from simed_stream.phasing.classical import Geometry
 from simed_stream.phasing.engine import EngineResult, EngineSettings, PhaseRetrievalEngine
 
 log = logging.getLogger(__name__)
-MAX_SIDE_PX = 2048
-MAX_MESSAGE_BYTES = 3 * MAX_SIDE_PX * MAX_SIDE_PX * 8 + 65536
-#: what a worker sends back per particle, as arrays (the rest travels in the JSON header)
-IMAGES = ("sigma_v", "best", "spread")
-SCALARS = ("r_free", "r_work", "resolution_A", "searches")
-
-
-def _array_part(array: np.ndarray) -> bytes:
-    return np.ascontiguousarray(array, dtype="<f8").tobytes()
-
-
-def _read_array(part: bytes, shape) -> np.ndarray:
-    shape = tuple(int(v) for v in shape)
-    if len(shape) != 2 or not all(0 < v <= MAX_SIDE_PX for v in shape) or len(part) != shape[0] * shape[1] * 8:
-        raise ValueError(f"array part of {len(part)} bytes does not match shape {shape}")
-    return np.frombuffer(part, dtype="<f8").reshape(shape)
+_ENGINES_KEPT = 4  # a worker's engines, one per (geometry, settings) seen most recently
 
 
 class PhasingFanout:
@@ -52,23 +46,32 @@ class PhasingFanout:
     returns the `EngineResult` the in-process engine would, one particle per job."""
 
     def __init__(self, workers: int = 2, jobs_endpoint: str | None = None, results_endpoint: str | None = None,
-                 timeout_s: float = 600.0):
+                 timeout_s: float = 600.0, security: links.LinkSecurity | None = None):
         self._tmp = tempfile.TemporaryDirectory(prefix="simed-fanout-") if jobs_endpoint is None else None
         self.jobs_endpoint = jobs_endpoint or f"ipc://{self._tmp.name}/jobs.sock"
         self.results_endpoint = results_endpoint or f"ipc://{self._tmp.name}/results.sock"
         self.timeout_s = timeout_s
         self._closed = False
         self.context = zmq.Context()
-        self.push = self.context.socket(zmq.PUSH)
-        self.push.setsockopt(zmq.LINGER, 0)
-        self.push.setsockopt(zmq.SNDHWM, 64)
-        self.push.bind(self.jobs_endpoint)
-        self.pull = self.context.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self.pull.bind(self.results_endpoint)
+        self.processes: list[subprocess.Popen] = []
+        self.push = self.pull = self.guard = None
+        try:
+            self.guard = links.server_guard(self.context, security)
+            self.push = self.context.socket(zmq.PUSH)
+            self.push.setsockopt(zmq.LINGER, 0)
+            self.push.setsockopt(zmq.SNDHWM, 64)
+            links.bind(self.push, self.jobs_endpoint, security, self.guard)
+            self.pull = self.context.socket(zmq.PULL)
+            self.pull.setsockopt(zmq.LINGER, 0)
+            self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            links.bind(self.pull, self.results_endpoint, security, self.guard)
+        except BaseException:
+            self.close()
+            raise
+        keys = [] if self.guard is None else ["--secret-key", str(security.secret_key),  # our own pair
+                                              "--server-key", str(security.secret_key)]
         self.processes = [subprocess.Popen([sys.executable, "-m", "simed_stream.fanout", "--jobs", self.jobs_endpoint,
-                                            "--results", self.results_endpoint])
+                                            "--results", self.results_endpoint, *keys])
                           for _ in range(workers)]
 
     def __enter__(self) -> "PhasingFanout":
@@ -94,8 +97,11 @@ class PhasingFanout:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
-        self.push.close(0)
-        self.pull.close(0)
+        for socket in (self.push, self.pull):
+            if socket is not None:
+                socket.close(0)
+        if self.guard is not None:  # its socket lives in our context
+            self.guard.stop()
         self.context.term()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -105,53 +111,66 @@ class PhasingFanout:
         deadline = time.monotonic() + self.timeout_s
         count = len(diffractions)
         for index in range(count):
-            header = {"batch": batch, "index": index, "geometry": geometry.__dict__, "settings": settings.to_json(),
-                      "diffraction_shape": list(np.shape(diffractions[index])),
-                      "image_lr_shape": list(np.shape(images_lr[index]))}
             # PUSH blocks while no worker is connected: wait for room, never past the deadline
             while not self.push.poll(timeout=1000, flags=zmq.POLLOUT):
                 self._check_workers()
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no phasing worker took a job within {self.timeout_s:g} s")
-            self.push.send_multipart([json.dumps(header).encode(), _array_part(diffractions[index]),
-                                      _array_part(images_lr[index])])
-        replies: dict[int, tuple[dict, list[np.ndarray]]] = {}
+            self.push.send_multipart(encode_job(batch, index, geometry.__dict__, settings.to_json(),
+                                                diffractions[index], images_lr[index]))
+        replies: dict[int, Result] = {}
         while len(replies) < count:
             self._check_workers()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{count - len(replies)} phasing job(s) unanswered after {self.timeout_s:g} s")
             if not self.pull.poll(timeout=1000):
                 continue
-            parts = self.pull.recv_multipart()
             try:
-                header = json.loads(parts[0])
-                if header.get("batch") != batch:  # a late answer to an abandoned batch
-                    continue
-                if "error" in header:
-                    raise RuntimeError(f"phasing worker failed: {header['error']}")
-                images = [] if header["flag"] else [_read_array(p, header["shape"]) for p in parts[1:4]]
-                replies[int(header["index"])] = (header, images)
-            except (ValueError, KeyError, IndexError, TypeError) as error:
+                reply = decode_result(self.pull.recv_multipart())
+            except FanoutMessageError as error:
                 log.error("malformed phasing result ignored: %s", error)
+                continue
+            if reply.batch != batch or reply.index >= count:  # a late answer to an abandoned batch
+                continue
+            if reply.error is not None:
+                raise RuntimeError(f"phasing worker failed: {reply.error}")
+            replies[reply.index] = reply
         return _assemble([replies[i] for i in range(count)], geometry)
 
 
-def _assemble(replies: list[tuple[dict, list[np.ndarray]]], geometry: Geometry) -> EngineResult:
-    rings = max(len(header.get("prtf") or []) for header, _ in replies) or 1
+def _assemble(replies: list[Result], geometry: Geometry) -> EngineResult:
+    rings = max(len(reply.prtf or []) for reply in replies) or 1
     result = EngineResult.empty(len(replies), geometry, rings)
-    for row, (header, images) in enumerate(replies):
-        result.flags[row] = header["flag"]
-        if header["flag"]:
+    for row, reply in enumerate(replies):
+        result.flags[row] = reply.flag
+        if reply.flag:
             continue
-        for name, image in zip(IMAGES, images):
+        for name, image in zip(IMAGES, reply.images):
             getattr(result, name)[row] = image
         for name in SCALARS:
-            getattr(result, name)[row] = header[name]
-        result.prtf[row, : len(header["prtf"])] = header["prtf"]
+            getattr(result, name)[row] = reply.scalars[name]
+        result.prtf[row, : len(reply.prtf)] = reply.prtf
     return result
 
 
-def serve(jobs_endpoint: str, results_endpoint: str) -> None:
+def _phase(engines: OrderedDict, parts: list) -> list[bytes]:
+    """A worker's answer to one job: its result, or an error saying why there is none."""
+    job = decode_job(parts)
+    key = json.dumps([job.geometry, job.settings], sort_keys=True)
+    engine = engines.pop(key, None) or PhaseRetrievalEngine(Geometry(**job.geometry),
+                                                            EngineSettings.from_json(job.settings), "cpu")
+    engines[key] = engine  # the most recent last; the oldest goes beyond the bound
+    while len(engines) > _ENGINES_KEPT:
+        engines.popitem(last=False)
+    found = engine(job.diffraction[None], job.image_lr[None])
+    if found.flags[0]:
+        return encode_result(job.batch, job.index, found.flags[0])
+    return encode_result(job.batch, job.index, None, {name: float(getattr(found, name)[0]) for name in SCALARS},
+                         np.nan_to_num(found.prtf[0], nan=0.0).tolist(),
+                         tuple(getattr(found, name)[0] for name in IMAGES))
+
+
+def serve(jobs_endpoint: str, results_endpoint: str, security: links.LinkSecurity | None = None) -> None:
     """A worker: phase every job received until terminated (one thread: one worker per core)."""
     import torch
 
@@ -159,43 +178,37 @@ def serve(jobs_endpoint: str, results_endpoint: str) -> None:
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     pull.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-    pull.connect(jobs_endpoint)
+    links.connect(pull, jobs_endpoint, security)
     push = context.socket(zmq.PUSH)
-    push.connect(results_endpoint)
-    engines: dict[str, PhaseRetrievalEngine] = {}  # one per (geometry, settings) seen
+    links.connect(push, results_endpoint, security)
+    engines: OrderedDict[str, PhaseRetrievalEngine] = OrderedDict()
     while True:
         parts = pull.recv_multipart()
-        header: dict = {}
         try:
-            header = json.loads(parts[0])
-            key = json.dumps([header["geometry"], header["settings"]], sort_keys=True)
-            if key not in engines:
-                engines[key] = PhaseRetrievalEngine(Geometry(**header["geometry"]),
-                                                    EngineSettings.from_json(header["settings"]), "cpu")
-            diffraction = _read_array(parts[1], header["diffraction_shape"])
-            image_lr = _read_array(parts[2], header["image_lr_shape"])
-            found = engines[key](diffraction[None], image_lr[None])
-            reply = {"batch": header["batch"], "index": header["index"], "flag": found.flags[0]}
-            arrays = []
-            if not found.flags[0]:
-                reply.update({name: float(getattr(found, name)[0]) for name in SCALARS},
-                             shape=list(found.sigma_v.shape[1:]), prtf=np.nan_to_num(found.prtf[0], nan=0.0).tolist())
-                arrays = [_array_part(getattr(found, name)[0]) for name in IMAGES]
-            push.send_multipart([json.dumps(reply).encode(), *arrays])
-        except Exception as error:  # a bad job gets an error answer; the worker carries on
-            answer = {"batch": header.get("batch"), "index": header.get("index"), "error": str(error)[:500]}
-            push.send_multipart([json.dumps(answer).encode()])
+            answer = _phase(engines, parts)
+        except Exception as error:  # a bad job gets an error answer when it can be attributed; the worker goes on
+            try:
+                header = read_header(parts)
+            except FanoutMessageError:
+                log.error("phasing job ignored, not even its batch is readable: %s", error)
+                continue
+            answer = encode_error(header["batch"], header["index"], str(error) or error.__class__.__name__)
+        push.send_multipart(answer)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A local worker, started by `PhasingFanout` (`simed phase-worker` is the command for others)."""
     import argparse
+    from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="simed phase-worker", description="Phase-retrieval worker (ZeroMQ).")
+    parser = argparse.ArgumentParser(prog="python -m simed_stream.fanout", description="Phase-retrieval worker.")
     parser.add_argument("--jobs", required=True, help="the pipeline's jobs endpoint (PUSH side)")
     parser.add_argument("--results", required=True, help="the pipeline's results endpoint (PULL side)")
+    parser.add_argument("--secret-key", type=Path, default=None)
+    parser.add_argument("--server-key", type=Path, default=None)
     args = parser.parse_args(argv)
     try:
-        serve(args.jobs, args.results)
+        serve(args.jobs, args.results, links.LinkSecurity(secret_key=args.secret_key, server_key=args.server_key))
     except KeyboardInterrupt:
         pass
     return 0

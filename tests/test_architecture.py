@@ -6,10 +6,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "simed_stream"
 FLOORS = {  # lowest first; a module may import from its own floor or below
     "foundations": ("simed_stream", "errors", "config", "arrays", "files", "protocol", "kernels", "codec",
-                    "records", "metrics", "image_files", "optics"),
+                    "records", "metrics", "image_files", "optics", "keys", "links"),
     "detectors": ("detectors",),
     "stages": ("capture", "capture_writer", "capture_replay", "ingest", "localise", "particles", "stack", "report",
-               "truth", "phasing", "fanout", "chain_settings"),
+               "truth", "phasing", "fanout", "fanout_messages", "chain_settings"),
     "chain": ("chain",),
     "drivers": ("live", "reprocess"),
     "web": ("web",),  # reads what the live pipeline publishes (live/view.py); only the CLI starts it

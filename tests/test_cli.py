@@ -69,7 +69,7 @@ def _other_valid_value(key: str, info):
     default = None if info.is_required() else info.default
     candidates = {"device": ["cpu"], "data_endpoint": ["tcp://127.0.0.1:40001"], "scheduler": ["local"],
                   "rate": [500.0], "web": ["127.0.0.1:8765"],
-                  "web_token": ["sixteen-or-more-chars"]}.get(key.rsplit(".", 1)[-1], [])
+                  "web_token": ["sixteen-or-more-chars"], "name": ["detector-pc"]}.get(key.rsplit(".", 1)[-1], [])
     annotation = info.annotation
     if getattr(annotation, "__origin__", None) is Union:  # Optional[X]: a value of X
         annotation = next(arg for arg in annotation.__args__ if arg is not type(None))

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from simed_stream import __version__
-from simed_stream.cli import demo, detector, live, overview, phaser, receive, reprocess, simulate
+from simed_stream.cli import demo, detector, keys, live, overview, phase_worker, phaser, receive, reprocess, simulate
 from simed_stream.cli.options import add_command
 from simed_stream.errors import SimedError
 from simed_stream.live.settings import LiveSettings
@@ -27,6 +27,9 @@ SETTINGS_COMMANDS = (
     ("run", LiveSettings, live.run, "the live pipeline beside the microscope"),
     ("replay", live.ReplayCommand, live.replay, "a recorded capture through the live path"),
     ("demo", demo.DemoCommand, demo.demo, "the whole live chain on bundled data (under 2 minutes on 2 cores)"),
+    ("phase-worker", phase_worker.PhaseWorkerCommand, phase_worker.phase_worker,
+     "a phase-retrieval worker for a live pipeline's fan-out (ZeroMQ)"),
+    ("keys", keys.KeysCommand, keys.keys, "make a CURVE key pair for links that leave the machine"),
 )
 
 

@@ -1,12 +1,9 @@
-"""Small helpers the commands share: argument types, the loopback warning, the status line."""
+"""Small helpers the commands share: argument types, the status line (the loopback rule is `links.py`'s)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-
-log = logging.getLogger("simed")
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -29,12 +26,6 @@ def rate(text: str) -> str | float:
     if value <= 0:
         raise argparse.ArgumentTypeError("the rate must be positive")
     return value
-
-
-def warn_if_not_loopback(endpoint: str) -> None:
-    host = endpoint.split("://", 1)[-1].rsplit(":", 1)[0]
-    if host not in ("127.0.0.1", "localhost", "[::1]") and not endpoint.startswith(("ipc://", "inproc://")):
-        log.warning("%s is not a loopback address: other machines can reach it", endpoint)
 
 
 def print_status(status: dict) -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from simed_stream.cli.common import rate, shape, warn_if_not_loopback
+from simed_stream.cli.common import rate, shape
+from simed_stream.cli.options import add_fields, settings_from_args
 from simed_stream.errors import SimedError
+from simed_stream.links import LinkSecurity
 
 
 def add(commands) -> None:
@@ -50,6 +52,8 @@ def add(commands) -> None:
     detector.add_argument("--series-id", default=None, help="synthetic series id (default: time-based)")
     detector.add_argument("--max-message-bytes", type=int, default=None,
                           help="the receiver's message size limit (for the oversize fault)")
+    add_fields(detector.add_argument_group("keys (simed source: CURVE on both sockets; docs/security.md)"),
+               LinkSecurity)
     detector.set_defaults(handler=_detector)
 
 
@@ -70,7 +74,7 @@ def _detector(args) -> int:
     from simed_stream.detectors.settings import DEFAULT_ENDPOINTS
 
     args.data = args.data or DEFAULT_ENDPOINTS[args.source]
-    warn_if_not_loopback(args.data)
+    security = settings_from_args(LinkSecurity, args)
     if args.capture is not None:
         if not args.capture.is_file():
             raise SimedError(f"capture {args.capture} does not exist")
@@ -84,13 +88,11 @@ def _detector(args) -> int:
         make = lambda: synthetic_series(series_id, args.nav_shape, args.frames_per_position, args.sig_shape,  # noqa: E731
                                         batch_frames=args.batch_frames, seed=args.seed)
     if args.source != "simed":
-        return _vendor_detector(args, make)
+        return _vendor_detector(args, make, security)
     control = None if args.control == "none" else args.control
-    if control:
-        warn_if_not_loopback(control)
     detector = FakeDetector(args.data, control, rate_fps=args.rate, faults=faults, seed=args.seed,
                             max_message_bytes=args.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
-                            wait_for_arm=args.wait_arm)
+                            wait_for_arm=args.wait_arm, security=security)
     try:
         detector.__enter__()
     except zmq.ZMQError as error:
@@ -109,10 +111,15 @@ def _detector(args) -> int:
     return 0
 
 
-def _vendor_detector(args, make) -> int:
+def _vendor_detector(args, make, security: LinkSecurity) -> int:
     import zmq
 
+    from simed_stream import links
     from simed_stream.detectors.simulators import make_simulator
+
+    if security.secret_key or security.server_key or security.authorized_keys:
+        raise SimedError(f"the {args.source} stream has no keys (its vendor's own protocol): give none")
+    links.allow_plain(args.data, security, "connect to" if "connect@" in args.data else "bind")
 
     try:
         simulator = make_simulator(args.source, args.data, args.rate, args.overview_dir, args.flyback_frames,

@@ -10,7 +10,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, PositiveFloat, model_validator
 
-from simed_stream.cli.common import print_status, warn_if_not_loopback
+from simed_stream.cli.common import print_status
 from simed_stream.config import cli
 from simed_stream.live.settings import LiveSettings
 
@@ -37,7 +37,6 @@ def run(settings: LiveSettings) -> int:
     options below, or the same keys in --config (see docs/live.md)."""
     from simed_stream.live.pipeline import LivePipeline
 
-    warn_if_not_loopback(settings.data_endpoint)
     return run_live(LivePipeline(settings, on_status=print_status))
 
 

@@ -35,6 +35,11 @@ def add_settings(parser: argparse.ArgumentParser, model: type[BaseModel]) -> Non
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="settings from a YAML file, keys as the options below with '_' (nested: picking: "
                         "{diameter_A: 40}); options given here override it")
+    add_fields(parser, model)
+
+
+def add_fields(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """A flag (or positional argument) per setting of `model`; `settings_from_args` reads them back."""
     for key, info in settings_fields(model):
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         many = getattr(info.annotation, "__origin__", None) is list

@@ -9,10 +9,10 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
-from simed_stream.cli.common import warn_if_not_loopback
 from simed_stream.config import Settings, cli
 from simed_stream.detectors.settings import DEFAULT_OVERVIEW_ENDPOINT, affine_from_text
 from simed_stream.errors import SimedError
+from simed_stream.links import LinkSecurity
 
 
 class OverviewCommand(Settings):
@@ -25,6 +25,7 @@ class OverviewCommand(Settings):
         None, description="scan (y, x, 1) → overview (row, col), 'a,b,c,d,e,f'; default: the file's header")
     acquired: Literal["before", "after"] = Field("after", description="taken before or after the scan")
     timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False, description="wait this long for the receiver")
+    security: LinkSecurity = LinkSecurity()  # to a receiver that has keys: ours, and its public key
 
     @field_validator("affine", mode="before")
     @classmethod
@@ -38,6 +39,7 @@ def overview(command: OverviewCommand) -> int:
     import numpy as np
     import zmq
 
+    from simed_stream import links
     from simed_stream.ingest.overviews import ANY_SERIES
     from simed_stream.image_files import read_overview
     from simed_stream.protocol import encode_overview
@@ -48,13 +50,12 @@ def overview(command: OverviewCommand) -> int:
     if pixel is None or affine is None:
         raise SimedError(f"{command.file.name} has no {'pixel size' if pixel is None else 'scan → overview affine'}"
                          " in its header: give --pixel-size-A and --affine")
-    warn_if_not_loopback(command.endpoint)
     context = zmq.Context()
     socket = context.socket(zmq.PUSH)
     socket.setsockopt(zmq.SNDTIMEO, int(command.timeout_s * 1000))
     socket.setsockopt(zmq.LINGER, int(command.timeout_s * 1000))
     try:
-        socket.connect(command.endpoint)
+        links.connect(socket, command.endpoint, command.security)
         socket.send_multipart(encode_overview(command.series or ANY_SERIES, 0, 0, image.image, pixel, affine,
                                               command.acquired), copy=False)
     except zmq.ZMQError as error:

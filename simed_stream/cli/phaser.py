@@ -1,4 +1,4 @@
-"""`simed train`, `simed evaluate`, `simed phase-worker`: the phaser's own commands."""
+"""`simed train`, `simed evaluate`: the phaser's own commands (`simed phase-worker`: phase_worker.py)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,6 @@ from simed_stream.errors import SimedError
 def add(commands) -> None:
     _add_train(commands)
     _add_evaluate(commands)
-    worker = commands.add_parser(
-        "phase-worker", help="a phase-retrieval worker for a live pipeline's fan-out (ZeroMQ)",
-        description="Connect to a live pipeline's phasing endpoints and phase the jobs it deals, until stopped. "
-        "Start one per core on any machine that can reach the endpoints (see docs/live.md).")
-    worker.add_argument("--jobs", required=True, help="the pipeline's jobs endpoint")
-    worker.add_argument("--results", required=True, help="the pipeline's results endpoint")
-    worker.set_defaults(handler=_phase_worker)
-
-
-def _phase_worker(args) -> int:
-    from simed_stream.fanout import serve
-
-    serve(args.jobs, args.results)
-    return 0
 
 
 def _add_train(commands) -> None:

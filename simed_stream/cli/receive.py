@@ -9,7 +9,6 @@ import time
 
 from pydantic import Field
 
-from simed_stream.cli.common import warn_if_not_loopback
 from simed_stream.errors import SimedError
 from simed_stream.ingest import ReceiverListener, ReceiverSettings, SeriesSummary
 
@@ -35,7 +34,6 @@ def receive(settings: ReceiveCommand) -> int:
 
     from simed_stream.ingest import Receiver
 
-    warn_if_not_loopback(settings.data_endpoint)
     try:
         settings.capture_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

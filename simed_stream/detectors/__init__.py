@@ -5,6 +5,7 @@ to point each real detector at simed."""
 
 from __future__ import annotations
 
+from simed_stream import links
 from simed_stream.detectors.base import Adapter, Decoded
 from simed_stream.detectors.settings import SOURCES, SourceSettings
 
@@ -17,11 +18,14 @@ def make_adapter(settings: SourceSettings, rcvhwm: int, max_message_bytes: int) 
     if settings.source == "simed":
         from simed_stream.detectors.simed.adapter import SimedAdapter
 
-        return SimedAdapter(settings.data_endpoint, rcvhwm, max_message_bytes)
+        return SimedAdapter(settings.data_endpoint, rcvhwm, max_message_bytes, settings.security)
     if settings.source == "dectris":
         from simed_stream.detectors.dectris.adapter import DectrisAdapter
 
         return DectrisAdapter(settings, rcvhwm, max_message_bytes)
+    if settings.source in ("merlin", "serval"):  # their own plain TCP: no keys, so the rule alone
+        verb = "listen on" if "listen@" in settings.data_endpoint else "connect to"
+        links.allow_plain(settings.data_endpoint, settings.security, verb)
     if settings.source == "merlin":
         from simed_stream.detectors.merlin.adapter import MerlinAdapter
 

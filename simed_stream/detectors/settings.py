@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from simed_stream.config import Settings, cli
+from simed_stream.links import LinkSecurity
 
 SOURCES = ("simed", "dectris", "merlin", "serval")
 Source = Literal["simed", "dectris", "merlin", "serval"]
@@ -142,6 +143,7 @@ class SourceSettings(Settings):
     overview: OverviewSettings = OverviewSettings()
     dectris: DectrisOptions = DectrisOptions()
     serval: ServalOptions = ServalOptions()
+    security: LinkSecurity = LinkSecurity()  # keys of the ZeroMQ links (docs/security.md)
 
     @model_validator(mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import zmq
 
+from simed_stream import links
 from simed_stream.detectors.base import Decoded
 from simed_stream.errors import SimedError
 from simed_stream.image_files import SUFFIXES, read_overview
@@ -93,10 +94,12 @@ class OverviewInputs:
 
     def __init__(self, settings, max_message_bytes: int, put: Callable[[LooseOverview | Decoded], None]):
         self.settings, self.max_message_bytes, self.put = settings.overview, max_message_bytes, put
+        self.security = settings.security
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._socket = None
         self._context = None
+        self._guard: links.Guard | None = None
 
     def start(self) -> None:
         if self.settings.endpoint:
@@ -105,7 +108,8 @@ class OverviewInputs:
             self._socket.setsockopt(zmq.MAXMSGSIZE, 2 * self.max_message_bytes)
             self._socket.setsockopt(zmq.RCVHWM, 2)
             self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.bind(self.settings.endpoint)
+            self._guard = links.server_guard(self._context, self.security)  # senders need authorized keys
+            links.bind(self._socket, self.settings.endpoint, self.security, self._guard)
             self._spawn(self._listen, "simed-overview-endpoint")
         if self.settings.dir is not None:
             self.settings.dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,8 @@ class OverviewInputs:
             thread.join(timeout=10)
         if self._socket is not None:
             self._socket.close(0)
+            if self._guard is not None:
+                self._guard.stop()
             self._context.term()
 
     def _spawn(self, target, name: str) -> None:

@@ -18,7 +18,9 @@ from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
-#: the stages of a frame's path through the receiver, in order
+#: the stages of a frame's path through the receiver, in order: receive (and decode, in the
+#: source's adapter), validate (against the series), copy, compress, write (HDF5), sums, centre,
+#: sum_compress
 STAGES = ("receive", "validate", "copy", "compress", "write", "sums", "centre", "sum_compress")
 
 

@@ -62,7 +62,8 @@ class LivePipeline(ReceiverListener):
         if settings.phasing_workers > 0:  # after the model loaded: a bad model leaves no workers behind
             from simed_stream.fanout import PhasingFanout
 
-            self.fanout = PhasingFanout(settings.phasing_workers)
+            self.fanout = PhasingFanout(settings.phasing_workers, settings.phasing_jobs_endpoint,
+                                        settings.phasing_results_endpoint, security=settings.security)
             self.phaser.fanout = self.fanout
         self.on_status = on_status
         self.counters = LiveCounters()
@@ -102,10 +103,12 @@ class LivePipeline(ReceiverListener):
     def run(self) -> list[SeriesResult]:
         try:
             self.receiver.start()
-        except (zmq.ZMQError, OSError) as error:
-            if self.fanout is not None:
+        except BaseException as error:
+            if self.fanout is not None:  # its workers must not outlive a pipeline that never ran
                 self.fanout.close()
-            raise SimedError(f"cannot connect to {self.settings.data_endpoint}: {error}") from None
+            if isinstance(error, (zmq.ZMQError, OSError)):
+                raise SimedError(f"cannot connect to {self.settings.data_endpoint}: {error}") from None
+            raise
         logger = logging.getLogger("simed_stream")
         logger.addHandler(self.view.log_handler)
         self._event_thread.start()

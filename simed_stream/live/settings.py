@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from simed_stream.chain_settings import ChainSettings
 from simed_stream.config import Settings, cli
@@ -65,6 +65,11 @@ class LiveSettings(ChainSettings, SourceSettings, WebOptions):
     max_series: Optional[int] = Field(None, ge=1, description="stop after this many series (default: until Ctrl-C)")
     phasing_workers: int = Field(0, ge=0, description="the phase-retrieval engine in this many worker processes over "
                                  "ZeroMQ (0: in this process)")
+    phasing_jobs_endpoint: Optional[str] = Field(None, min_length=1, description="bind the fan-out's jobs socket here, "
+                                                 "for workers on other machines (`simed phase-worker`; needs keys "
+                                                 "beyond loopback) (default: a private local socket)")
+    phasing_results_endpoint: Optional[str] = Field(None, min_length=1, description="bind the fan-out's results "
+                                                    "socket here (with phasing_jobs_endpoint)")
     max_cached_bytes: int = Field(2 * 1024**3, ge=0, description="compressed position sums kept for series whose "
                                   "overview has not come yet")
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, gt=0, description="larger messages are rejected, "
@@ -75,6 +80,12 @@ class LiveSettings(ChainSettings, SourceSettings, WebOptions):
                                      "and status.json")
     phasing_join_timeout_s: float = Field(600.0, gt=0, allow_inf_nan=False,
                                           description="at stop, how long queued batches may still take")
+
+    @model_validator(mode="after")
+    def _fanout_endpoints_together(self) -> "LiveSettings":
+        if (self.phasing_jobs_endpoint is None) != (self.phasing_results_endpoint is None):
+            raise ValueError("phasing_jobs_endpoint and phasing_results_endpoint go together (or neither)")
+        return self
 
     def receiver_settings(self) -> ReceiverSettings:
         source = {key: getattr(self, key) for key in SourceSettings.model_fields}

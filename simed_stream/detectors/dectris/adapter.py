@@ -23,7 +23,7 @@ class DectrisAdapter(VendorAdapter):
     name = "dectris"
 
     def __init__(self, settings: SourceSettings, rcvhwm: int, max_message_bytes: int):
-        super().__init__(PullSocket(settings.data_endpoint, max(rcvhwm, 64), 2 * max_message_bytes),
+        super().__init__(PullSocket(settings.data_endpoint, max(rcvhwm, 64), 2 * max_message_bytes, settings.security),
                          SeriesBuilder(settings, max_message_bytes))
         self.pull = self.transport
         self.v1 = StreamV1(self.builder)

@@ -15,10 +15,10 @@ log = logging.getLogger(__name__)
 class SimedAdapter(Adapter):
     name = "simed"
 
-    def __init__(self, endpoint: str, rcvhwm: int, max_message_bytes: int):
+    def __init__(self, endpoint: str, rcvhwm: int, max_message_bytes: int, security=None):
         # hard cap per part: beyond it ZeroMQ drops the connection (and reconnects); between the
         # soft limit and this, a message is received and rejected with its frames accounted for
-        self.pull = PullSocket(endpoint, rcvhwm, 2 * max_message_bytes)
+        self.pull = PullSocket(endpoint, rcvhwm, 2 * max_message_bytes, security)
         self.max_message_bytes = max_message_bytes
 
     def open(self) -> None:

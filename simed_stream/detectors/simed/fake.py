@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from simed_stream import links
 from simed_stream.protocol import (DEFAULT_CONTROL_ENDPOINT, DEFAULT_DATA_ENDPOINT, DEFAULT_MAX_MESSAGE_BYTES,
                                    encode_frames, encode_heartbeat, encode_overview, encode_series_end,
                                    encode_series_start)
@@ -53,8 +54,10 @@ class FakeDetector:
     def __init__(self, data_endpoint: str = DEFAULT_DATA_ENDPOINT, control_endpoint: str | None = DEFAULT_CONTROL_ENDPOINT,
                  rate_fps: float | str = "recorded", faults: FaultPlan = FaultPlan(), seed: int = 0,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, send_timeout_s: float = 2.0,
-                 wait_for_arm: bool = False, heartbeat_s: float = 1.0, peer_timeout_s: float = 30.0):
+                 wait_for_arm: bool = False, heartbeat_s: float = 1.0, peer_timeout_s: float = 30.0,
+                 security: links.LinkSecurity | None = None):
         self.data_endpoint = data_endpoint
+        self.security = security  # with keys: CURVE on both sockets, receivers from authorized_keys only
         self.control_endpoint = control_endpoint
         self.rate_fps = rate_fps
         self.faults = faults
@@ -66,7 +69,7 @@ class FakeDetector:
         # own context: terminating it on exit waits until queued messages are sent, before Python
         # frees the zero-copy buffers they point into
         self.context = zmq.Context()
-        self.data = DataSocket(self.context, data_endpoint, send_timeout_s)
+        self.data = DataSocket(self.context, data_endpoint, send_timeout_s, security)
         self.msg_seq = 0
         self.state = "idle"
         self._armed = threading.Event()
@@ -78,15 +81,17 @@ class FakeDetector:
 
     # -- sockets
     def __enter__(self) -> "FakeDetector":
-        self.data.bind()
-        if self.control_endpoint:
-            try:
+        try:
+            self.data.guard = links.server_guard(self.context, self.security)
+            self.data.bind()
+            if self.control_endpoint:
                 self._control = ControlServer(self.context, self.control_endpoint, self._control_status,
-                                              self._armed.set, self._control_abort)
-            except zmq.ZMQError:
-                self.data.close(0)
-                self.context.term()
-                raise
+                                              self._armed.set, self._control_abort, self.security, self.data.guard)
+        except BaseException:
+            self.data.close(0)
+            self._stop_guard()
+            self.context.term()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,7 +99,13 @@ class FakeDetector:
         self.data.close(linger_s=10.0)
         if self._control:
             self._control.close()
+        self._stop_guard()
         self.context.term()
+
+    def _stop_guard(self) -> None:
+        if self.data.guard is not None:  # its socket lives in our context: before terminating it
+            self.data.guard.stop()
+            self.data.guard = None
 
     def wait_for_peer(self, timeout_s: float) -> bool:
         return self.data.wait_for_peer(timeout_s, self._stop)

@@ -1,5 +1,7 @@
 """The fake detector's sockets: the PUSH data socket (bound, as real detectors do; it counts
-connected receivers) and the REP control socket's server (status, arm, abort)."""
+connected receivers) and the REP control socket's server (status, arm, abort). Both are bound
+through `links`: as CURVE servers when the detector has keys (its `guard`), else under the rule
+for plain links (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -10,30 +12,34 @@ from typing import Callable
 
 import zmq
 
+from simed_stream import links
 from simed_stream.protocol import encode_header
 
 
 class DataSocket:
-    def __init__(self, context: zmq.Context, endpoint: str, send_timeout_s: float):
+    def __init__(self, context: zmq.Context, endpoint: str, send_timeout_s: float,
+                 security: links.LinkSecurity | None = None):
         self.context, self.endpoint, self.send_timeout_s = context, endpoint, send_timeout_s
+        self.security, self.guard = security, None  # the guard: set by the detector when it has keys
         self._socket = None
         self._monitor = None
-        self._peers = 0
+        self._peers: set[int] = set()
 
     def bind(self) -> None:
         socket = self.context.socket(zmq.PUSH)
         socket.setsockopt(zmq.SNDHWM, 8)
         socket.setsockopt(zmq.SNDTIMEO, int(self.send_timeout_s * 1000))
-        self._monitor = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        # a peer counts once its handshake succeeded: a client the guard refused is no receiver
+        self._monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
         try:
-            socket.bind(self.endpoint)
-        except zmq.ZMQError:
+            links.bind(socket, self.endpoint, self.security, self.guard)
+        except Exception:
             socket.disable_monitor()
             self._monitor.close(0)
             socket.close(0)
             raise
         self._socket = socket
-        self._peers = 0
+        self._peers = set()
 
     def close(self, linger_s: float) -> None:
         if self._socket is not None:
@@ -47,10 +53,13 @@ class DataSocket:
         from zmq.utils.monitor import recv_monitor_message
 
         while self._monitor.poll(timeout_ms):
-            event = recv_monitor_message(self._monitor)["event"]
-            self._peers += 1 if event == zmq.EVENT_ACCEPTED else -1 if event == zmq.EVENT_DISCONNECTED else 0
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._peers.add(event["value"])  # the connection's file descriptor
+            else:
+                self._peers.discard(event["value"])
             timeout_ms = 0
-        return self._peers
+        return len(self._peers)
 
     def wait_for_peer(self, timeout_s: float, stop: threading.Event) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -74,15 +83,16 @@ class ControlServer:
     """Answers JSON {"command": "status"|"arm"|"abort"} on a REP socket, in its own thread."""
 
     def __init__(self, context: zmq.Context, endpoint: str, status: Callable[[], dict], arm: Callable[[], None],
-                 abort: Callable[[], str]):
+                 abort: Callable[[], str], security: links.LinkSecurity | None = None,
+                 guard: links.Guard | None = None):
         self.status, self.arm, self.abort = status, arm, abort
         self._stop = threading.Event()
         socket = context.socket(zmq.REP)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, 65536)
         try:
-            socket.bind(endpoint)
-        except zmq.ZMQError:
+            links.bind(socket, endpoint, security, guard)
+        except Exception:
             socket.close(0)
             raise
         self._socket = socket  # bound here, so a bind error reaches the caller; used only by the thread
