@@ -107,8 +107,7 @@ def low_res_support(image_lr: np.ndarray, geometry: Geometry, dilation_A: float 
 
 
 def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
-          settings: HIOSettings = HIOSettings(), rng: np.random.Generator | None = None,
-          support: np.ndarray | None = None) -> np.ndarray:
+          settings: HIOSettings = HIOSettings(), support: np.ndarray | None = None) -> np.ndarray:
     """σV on the image grid (image_size_px², image_pixel_A) retrieved from one pattern.
     `support` (object grid) replaces the one estimated from the low-res image (for tests)."""
     amplitude, known, beyond = (a[:, : a.shape[1] // 2 + 1] for a in measured_amplitudes(diffraction, geometry))
@@ -116,9 +115,6 @@ def phase(diffraction: np.ndarray, image_lr: np.ndarray, geometry: Geometry,
     wiener = low_res_start(image_lr, geometry)
     start = fft.rfft2(wiener)
     phases = np.exp(1j * np.angle(start))
-    if rng is not None:  # random phases where the low-res image carries none
-        far = np.abs(start) < 1e-6 * np.abs(start).max()
-        phases[far] = np.exp(2j * np.pi * rng.random(int(far.sum())))
     shape = outer.shape
     v = fft.irfft2(np.where(known, amplitude * phases, start), shape) * outer
     support = outer.copy()
