@@ -15,7 +15,7 @@ that step FRCs against the truth looked like failures (15–40 Å) on solutions 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 from scipy import fft, ndimage
@@ -39,6 +39,11 @@ class Geometry:
     @property
     def grid_px(self) -> int:
         return int(round(self.box_A / self.image_pixel_A))
+
+    def matches(self, other: "Geometry", rtol: float = 1e-6) -> bool:
+        """Equal up to float rounding: the same calibration written by two code paths (a wavelength
+        from a formula or from abTEM) differs in the last digits, which no image can show."""
+        return all(np.isclose(a, b, rtol=rtol, atol=0.0) for a, b in zip(astuple(self), astuple(other)))
 
     @classmethod
     def from_attrs(cls, attrs) -> "Geometry":
