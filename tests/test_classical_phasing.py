@@ -74,3 +74,12 @@ def test_amplitudes_stay_centred_when_the_grid_cannot_hold_the_whole_pattern():
     expected = np.sqrt(pattern)[48 - 35 : 48 + 36, 48 - 35 : 48 + 36]  # the central 71 px
     shifted = np.fft.fftshift(amplitude)[1:, 1:] / 72**2
     np.testing.assert_allclose(shifted, expected * (shifted.max() / expected.max()), rtol=1e-6)
+
+
+def test_geometry_matches_up_to_rounding_but_not_another_calibration():
+    from dataclasses import replace
+    geometry = Geometry(140.0, 0.546875, 128, 0.025079340450548007, -1000.0, 5.0, 20.0)
+    # the same wavelength from a formula and from abTEM: equal in every digit an image can show
+    assert geometry.matches(replace(geometry, wavelength_A=0.025079340317328468))
+    assert not geometry.matches(replace(geometry, wavelength_A=0.0197))  # 300 kV instead of 200 kV
+    assert not geometry.matches(replace(geometry, image_pixel_A=0.55))

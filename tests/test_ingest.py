@@ -292,7 +292,12 @@ def test_killed_receiver_leaves_a_readable_capture(tmp_path):
     with detector:
         runner = threading.Thread(target=detector.run, args=([source],))
         runner.start()
-        time.sleep(3.5)
+        # kill it once it is well into the series (its start-up, numba's compile included, can take
+        # seconds on a busy machine) and has had a flush interval to write some of it
+        deadline = time.monotonic() + 120
+        while detector.status()["frames_sent"] < 600 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
         os.kill(receiver.pid, signal.SIGKILL)
         receiver.wait()
         detector._stop.set()

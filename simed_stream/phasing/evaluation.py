@@ -67,7 +67,7 @@ def _load(dataset, phaser: Phaser, samples_per_protein: int, proteins, seed: int
     rng = np.random.default_rng(seed)
     with h5py.File(dataset, "r") as f:
         geometry = Geometry.from_attrs(f.attrs)
-        if geometry != phaser.geometry:
+        if not geometry.matches(phaser.geometry):
             raise SimedError(f"{dataset} was simulated with another geometry than the phaser was made for "
                              f"({geometry} vs {phaser.geometry})")
         names = [n.decode() if isinstance(n, bytes) else n for n in f["protein_name"][:]]

@@ -87,7 +87,7 @@ class TripletData:
                 if not f["done"][:].all():
                     raise SimedError(f"{path} is incomplete: finish `simed simulate dataset` first")
                 geometry = Geometry.from_attrs(f.attrs)
-                if self.geometry not in (None, geometry):
+                if self.geometry is not None and not self.geometry.matches(geometry):
                     raise SimedError(f"{path} has another geometry than the first dataset")
                 self.geometry = geometry
                 self.preset = str(f.attrs.get("preset", "custom"))
