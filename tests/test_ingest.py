@@ -537,3 +537,25 @@ def test_a_cold_start_loses_nothing(tmp_path):
         assert capture.accounting["received"] == 128 and capture.accounting["rejected"] == 0
         np.testing.assert_array_equal(np.flatnonzero(capture.frame_status == RECEIVED), sorted(report.frames_sent_ok))
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "numba did not use the empty cache: not a cold start"
+
+
+def test_a_closed_series_frees_its_sums_pool_without_waiting_for_the_garbage_collector(tmp_path):
+    """Each series' pool of position sums is tens of MB; found by tools/soak.py: a reference cycle
+    (the pool's owner calls back into its series) kept a dozen closed series' pools alive until
+    Python's rare full collection. With the collector off, closed series must leave none."""
+    import gc
+
+    from simed_stream.ingest.sums import PositionSums
+
+    endpoint = free_endpoint()
+    gc.collect()
+    gc.disable()
+    try:
+        with Receiver(settings_for(tmp_path, endpoint, overview_grace_s=0.1)) as rx:
+            with FakeDetector(endpoint, None, rate_fps="max") as detector:
+                detector.run([synthetic_series(f"pool-{i}", (8, 8), 2, (64, 64)) for i in range(4)])
+            rx.wait_for_series(4, 30)
+            alive = [o for o in gc.get_objects() if isinstance(o, PositionSums) and o.pool is not None]
+    finally:
+        gc.enable()
+    assert alive == []
