@@ -174,6 +174,7 @@ def soak(args) -> dict:
                     if baseline is None and now - start >= args.warmup_s:
                         baseline, after_warmup = samples[-1], len(samples) - 1
                 if child_done.is_set() and child.poll() is not None and closed.queue.empty() and not pending:
+                    elapsed_s = now - start  # the last series may run past --seconds: it is finished
                     break
                 if now - start > args.seconds + 120:
                     raise TimeoutError("the detector did not finish within 2 minutes of its time")
@@ -187,7 +188,7 @@ def soak(args) -> dict:
         baseline, after_warmup = samples[0], 0
     later = samples[after_warmup:] + [final]
     return {"seconds": args.seconds, "rate_fps": args.rate, "sig_shape": list(args.sig_shape), "faults": args.faults,
-            "series": series, **totals, "rejected_messages": rejected_messages,
+            "series": series, **totals, "achieved_fps": round(totals["frames"] / elapsed_s), "rejected_messages": rejected_messages,
             "accounting_balanced": not unbalanced and series > 0, "unbalanced_series": unbalanced[:10],
             "matches_detector": not disagreeing, "disagreeing_series": disagreeing[:10],
             "detector_exit": child.returncode, "warmup_s": args.warmup_s,
