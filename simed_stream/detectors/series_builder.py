@@ -84,7 +84,7 @@ class SeriesBuilder:
         """A new series; one still open ends first (its detector moved on without an end)."""
         events = self.end("incomplete", "the detector started another series before this one ended") \
             if self.series is not None else []
-        vendor.series_id = self._unique(vendor.series_id)
+        vendor.series_id = self._unique(_one_token(vendor.series_id))
         self.series = _Open(vendor)
         if vendor.sig_shape is not None and vendor.dtype is not None:
             events += self._start()
@@ -268,3 +268,14 @@ class SeriesBuilder:
         if len(self._used_ids) > 100_000:
             self._used_ids.clear()
         return candidate
+
+
+MAX_SERIES_ID_CHARS = 80
+
+
+def _one_token(series_id: str) -> str:
+    """A vendor's series id as one printable token: it is built from whatever the detector sent
+    (a garbled header's number may be a list, an array, a megabyte of text), and it appears in
+    every message, log line and capture name of the series."""
+    text = "".join(c if c.isprintable() and not c.isspace() else "_" for c in str(series_id))
+    return text[:MAX_SERIES_ID_CHARS] or "series"

@@ -157,8 +157,7 @@ class StreamV1:
         shape = info.get("shape")
         if dtype is None:
             raise ValueError(f"pixel type {info.get('type')!r} is not one of {sorted(PIXEL_TYPES)}")
-        if not (isinstance(shape, list) and len(shape) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in shape)):
+        if not _is_shape(shape):
             raise ValueError(f"shape {shape!r} is not [x, y]")
         nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
         if nbytes > MAX_FRAME_BYTES:
@@ -174,6 +173,8 @@ class StreamV1:
         detail = self.image.pop("detail", {})
         if kind == "pixel_mask":
             shape = detail.get("shape")
+            if not _is_shape(shape):
+                return self.builder.reject(f"DECTRIS stream v1: pixel mask shape {str(shape)[:80]} is not [x, y]")
             try:
                 mask = np.frombuffer(bytes(blob), "<u4").reshape(shape[1], shape[0])
                 self.mask = (mask != 0).astype(np.uint8)
@@ -182,6 +183,12 @@ class StreamV1:
             if self.builder.open and not self.builder.series.started:
                 self.builder.series.vendor.pixel_mask = self.mask
         return []
+
+
+def _is_shape(shape) -> bool:
+    """[x, y], each an integer 1..65536 (JSON true is no size)."""
+    return isinstance(shape, list) and len(shape) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in shape)
 
 
 def _decompress(blob, encoding, itemsize: int, nbytes: int) -> bytes:
