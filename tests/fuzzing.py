@@ -17,6 +17,9 @@ import signal
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from simed_stream.detectors.base import Decoded
+from simed_stream.protocol import Message, ProtocolError
+
 PROFILE = os.environ.get("SIMED_FUZZ_PROFILE", "ci")
 SCALE = {"ci": 1, "long": 20}.get(PROFILE)
 if SCALE is None:
@@ -137,9 +140,6 @@ def mutated_json(draw, value: dict, max_edits: int = 3) -> dict:
 def check_events(events) -> None:
     """An adapter's events: each a valid simed-stream/1 message (with its header bytes) or a
     rejection with a one-line reason."""
-    from simed_stream.detectors.base import Decoded
-    from simed_stream.protocol import Message, ProtocolError
-
     for event in events:
         assert isinstance(event, Decoded)
         if event.error is not None:

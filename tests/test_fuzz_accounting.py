@@ -20,12 +20,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from detector_streams import free_port, receiver_settings, unique_frames
+from fuzz_corpus import DECTRIS_SERIES, TCP_SERIES
 from fuzzing import examples, mutated_bytes, mutated_json
 from simed_stream.capture import MISSING, RECEIVED, REJECTED
 from simed_stream.ingest import Receiver
 from simed_stream.protocol import encode_frames, encode_series_end, encode_series_start, scan_order
-from test_fuzz_dectris import SERIES as DECTRIS_SERIES
-from test_fuzz_tcp_detectors import SERIES as TCP_SERIES
 
 NAV, PER_POSITION, BATCH = (2, 3), 2, 2
 N_FRAMES = NAV[0] * NAV[1] * PER_POSITION

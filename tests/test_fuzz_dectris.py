@@ -5,59 +5,29 @@ event; never another exception, never a hang, never a large allocation for a sma
 
 from __future__ import annotations
 
+import json
 import struct
 import tracemalloc
 
 import cbor2
-import numpy as np
 import zmq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector_streams import scan_source, unique_frames
+from detector_streams import unique_frames
+from fuzz_corpus import DECTRIS_SERIES as SERIES
+from fuzz_corpus import SCAN
 from fuzzing import ABSURD_INTS, JSON_VALUES, check_events, examples, mutated_bytes, mutated_json, no_hang
 from simed_stream.detectors.base import Decoded
 from simed_stream.detectors.dectris.adapter import DectrisAdapter
 from simed_stream.detectors.dectris.compression import (CompressionError, compress_bslz4, compress_lz4_block,
                                                         compress_lz4_hdf5, decompress_hdf5, decompress_lz4_block)
-from simed_stream.detectors.dectris.sim import DectrisSimulator
-from simed_stream.detectors.dectris.stream_v2 import TYPED_ARRAYS, Broken, V2Error, decode_message
+from simed_stream.detectors.dectris.stream_v2 import TYPED_ARRAYS, V2Error, decode_message
 from simed_stream.detectors.settings import SourceSettings
 from simed_stream.protocol import Frames
 
-SHAPE = (8, 6)
-SCAN = (2, 3)
 PIXELS = unique_frames(1, shape=(16, 16), dtype="<u2")[0]
 BLOBS = {"bslz4": compress_bslz4(PIXELS), "lz4": compress_lz4_hdf5(PIXELS.tobytes())}
-
-
-class RecordingDectris(DectrisSimulator):
-    """The project's DECTRIS simulator, its messages kept instead of pushed (the corpus to mutate)."""
-
-    def __init__(self, version: int, compression: str):
-        super().__init__(f"inproc://fuzz-dectris-{version}-{compression}", version, compression)
-        self.sent: list[list[bytes]] = []
-
-    def send(self, parts: list) -> None:
-        self.sent.append([bytes(part) for part in parts])
-
-
-def recorded_series(version: int, compression: str, mask: bool = False) -> list[list[bytes]]:
-    """A whole series (start, 6 frames, end) as the simulator sends it."""
-    sim = RecordingDectris(version, compression)
-    try:
-        source = scan_source("d", SCAN, 1, frames=unique_frames(6, shape=SHAPE, dtype="<u2"))
-        if mask:
-            source.pixel_mask = np.eye(*SHAPE, dtype=np.uint8)
-        sim.stream(source)
-    finally:
-        sim.close()
-    return sim.sent
-
-
-SERIES = {(version, compression): recorded_series(version, compression, mask=version == 2)
-          for version in (1, 2) for compression in ("bslz4", "lz4", "none")}
-SERIES[(1, "mask")] = recorded_series(1, "bslz4", mask=True)
 CORPUS = sorted(SERIES)
 
 
@@ -195,8 +165,6 @@ def test_mutated_series_through_the_adapter(key, data):
         part = data.draw(st.integers(0, len(messages[index]) - 1))
         kind = data.draw(st.sampled_from(["bytes", "json", "drop", "repeat"]))
         if kind == "json" and messages[index][part][:1] == b"{":
-            import json
-
             try:
                 header = json.loads(messages[index][part])
             except ValueError:

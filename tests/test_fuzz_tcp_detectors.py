@@ -12,47 +12,16 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from detector_streams import scan_source, unique_frames
+from fuzz_corpus import SCAN, SHAPE
+from fuzz_corpus import TCP_SERIES as SERIES
 from fuzzing import ABSURD_INTS, JSON_VALUES, check_events, examples, mutated_bytes, mutated_json, no_hang
 from simed_stream.detectors.merlin.adapter import MerlinAdapter, parse_acquisition_header, parse_frame_header
-from simed_stream.detectors.merlin.sim import MerlinSimulator, frame_header, mpx
+from simed_stream.detectors.merlin.sim import frame_header, mpx
 from simed_stream.detectors.serval.adapter import ServalAdapter, frame_layout
-from simed_stream.detectors.serval.sim import ServalSimulator
 from simed_stream.detectors.settings import SourceSettings
 from simed_stream.protocol import Frames
 
-SCAN = (2, 3)
-SHAPE = (8, 6)
 MAX_MESSAGE_BYTES = 1 << 16
-
-
-class Recorder:
-    """Stands in for the simulators' TCP sender: each message's bytes kept in order."""
-
-    def __init__(self):
-        self.messages: list[bytes] = []
-
-    def send(self, *chunks: bytes) -> None:
-        self.messages.append(b"".join(bytes(c) for c in chunks))
-
-    def flush(self) -> None:
-        pass
-
-    disconnect = close = flush
-
-
-def recorded(simulator_class, **options) -> list[bytes]:
-    """One series (2×3 scan, 6 frames) as the project's simulator writes it, message by message."""
-    sim = simulator_class("tcp://127.0.0.1:0", **options)
-    sim.sender.close()
-    sim.sender = Recorder()
-    sim.stream(scan_source("t", SCAN, 1, frames=unique_frames(6, shape=SHAPE, dtype="<u2")))
-    return sim.sender.messages
-
-
-SERIES = {"merlin": recorded(MerlinSimulator), "serval-new": recorded(ServalSimulator, variant="new"),
-          "serval-old": recorded(ServalSimulator, variant="old", byte_order="little")}
-SERIES["merlin"] = [m for m in SERIES["merlin"]]  # [HDR, 6 × MQ1]: each a whole MPX message
 
 
 def make_adapter(kind: str):
