@@ -19,6 +19,7 @@ from simed_stream.detectors.merlin.adapter import MerlinAdapter, parse_acquisiti
 from simed_stream.detectors.merlin.sim import frame_header, mpx
 from simed_stream.detectors.serval.adapter import ServalAdapter, frame_layout
 from simed_stream.detectors.settings import SourceSettings
+from simed_stream.detectors.tcp_stream import parse_endpoint
 from simed_stream.protocol import Frames
 
 MAX_MESSAGE_BYTES = 1 << 16
@@ -159,3 +160,27 @@ def test_merlin_frame_header_built_by_the_simulator_parses():
     header = frame_header(3, SHAPE, "U16", 12)
     parsed = parse_frame_header(memoryview(header + np.zeros(SHAPE, ">u2").tobytes()))
     assert parsed["sequence"] == 3 and (parsed["height"], parsed["width"]) == SHAPE
+
+
+@examples(100)
+@given(st.text(alphabet="0123456789²³¹ -x\t", max_size=12))
+def test_merlin_frame_counts_of_any_digits(count):
+    """`Frames in Acquisition` read as Latin-1: '²' is a digit to str.isdigit, not to int()."""
+    header = f"HDR,\t\nFrames in Acquisition (Number):\t{count}\nEnd\t".encode("latin-1")
+    messages = [mpx(header)] + list(SERIES["merlin"][1:])
+    events = run_stream("merlin", b"".join(messages), [])
+    check_events(events)
+    assert sorted(frames_handed_on(events)) == list(range(6))
+
+
+@examples(100)
+@given(st.text(max_size=30) | st.builds(
+    "{}{}:{}".format, st.sampled_from(["tcp://", "tcp://listen@", "tcp://connect@", ""]),
+    st.sampled_from(["127.0.0.1", "[::1]", "", "host"]), st.text(alphabet="0123456789²³¹٣-", max_size=8)))
+def test_endpoints_parse_or_are_refused(endpoint):
+    """A detector endpoint from the settings: (host, port, listen) or OSError, nothing else."""
+    try:
+        host, port, listen = parse_endpoint(endpoint)
+    except OSError:
+        return
+    assert host and 0 <= port < 65536 and isinstance(listen, bool)
