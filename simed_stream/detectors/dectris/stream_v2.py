@@ -112,7 +112,9 @@ class StreamV2:
         return self._image(message)
 
     def _start(self, start: dict) -> list[Decoded]:
-        channels = list(start.get("channels")) if isinstance(start.get("channels"), (list, tuple)) else []
+        # channel names are strings; anything else (a list is no dict key) is no channel
+        channels = [c for c in start.get("channels") if isinstance(c, str)] \
+            if isinstance(start.get("channels"), (list, tuple)) else []
         self.channel = self.channel_setting or (channels[0] if channels else None)
         mask = start["pixel_mask"].get(self.channel) if isinstance(start.get("pixel_mask"), Mapping) else None
         x, y = start.get("image_size_x"), start.get("image_size_y")
@@ -136,7 +138,8 @@ class StreamV2:
         index = index if isinstance(index, int) and index >= 0 else None
         if not self.builder.open:
             self._start({"series_id": image.get("series_id"), "series_unique_id": image.get("series_unique_id"),
-                         "channels": sorted(image["data"]) if isinstance(image.get("data"), Mapping) else []})
+                         "channels": sorted(k for k in image["data"] if isinstance(k, str))
+                         if isinstance(image.get("data"), Mapping) else []})
             self.builder.series.notes.append("no start message seen: the receiver joined mid-series")
         data = image.get("data") if isinstance(image.get("data"), Mapping) else {}
         array = data.get(self.channel) if self.channel is not None else next(iter(data.values()), None)
