@@ -343,6 +343,9 @@ def _decode_frames(header, parts) -> Frames:
     if len(parts) != 5:
         raise ProtocolError(f"frames message has {len(parts)} parts, expected 5", sid, ids)
     frame_ids = _array(parts[1], np.dtype("<u8"), (count,), "frame_ids", header, ids)
+    if int(frame_ids.max()) >= MAX_FRAME_ID:  # no series has such a frame: blame the header's range instead
+        raise ProtocolError(f"frame id {int(frame_ids.max())} out of range (below {MAX_FRAME_ID})", sid,
+                            _declared_ids(header))
     scan_yx = _array(parts[2], np.dtype("<i4"), (count, 2), "scan_yx", header, frame_ids)
     timestamps = _array(parts[3], np.dtype("<u8"), (count,), "timestamps", header, frame_ids)
     if int(frame_ids[0]) != header["first_frame_id"]:

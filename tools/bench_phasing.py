@@ -8,6 +8,8 @@
   the old architecture — speed does not depend on the weights), both on the same cores.
 - with CUDA: the default phaser's particles per second on the GPU (batches of 64).
 
+Particles: 12 simulated orientations of bundled ubiquitin (`cpu` preset), cached in --work.
+
     python tools/bench_phasing.py [--phaser models/phaser-cpu] [--cores 2]
 """
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -29,20 +33,19 @@ from simed_stream.phasing.engine import EngineSettings, PhaseRetrievalEngine
 from simed_stream.phasing.inference import Phaser, read_card
 from simed_stream.phasing.network import UNetGenerator, data_consistency
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_data beside this file
 
-def particle(seed: int, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic 40 Å particle's pattern and a low-res image (cost does not depend on content)."""
-    rng = np.random.default_rng(seed)
-    n, size = geometry.grid_px, geometry.image_size_px
-    yy, xx = np.mgrid[:n, :n] - n // 2
-    obj = np.where(yy**2 + xx**2 < 36**2, rng.uniform(0, 0.05, (n, n)), 0.0)
-    pattern = np.abs(np.fft.fftshift(np.fft.fft2(obj))) ** 2 / n**4
-    side = 2 * int(geometry.max_angle_mrad * 1e-3 / geometry.wavelength_A * geometry.box_A) + 1
-    start = n // 2 - side // 2
-    pattern = pattern[start : start + side, start : start + side]
-    yy, xx = np.mgrid[:size, :size] - size // 2
-    image_lr = 1 - 0.05 * (yy**2 + xx**2 < 36**2) + 0.02 * rng.normal(size=(size, size))
-    return pattern, image_lr
+
+def ubiquitin_particles(work: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Simulated ubiquitin patterns and low-res images (cached under `work`): the engine's cost
+    depends on content (a particle whose solutions disagree is searched again), so it is timed on
+    the kind of particle it phases, a protein none of its settings were chosen on."""
+    import h5py
+    from bench_data import ubiquitin_dataset
+
+    path = ubiquitin_dataset(work, 12)
+    with h5py.File(path, "r") as f:
+        return [(f["diffraction"][i], f["image_lr"][i]) for i in range(min(count, len(f["diffraction"])))]
 
 
 def _numpy_phase(job) -> float:
@@ -106,11 +109,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phaser", type=Path, default=DEFAULT_PHASER)
     parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--particles", type=int, default=8)
+    parser.add_argument("--particles", type=int, default=8, help="at most 12")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "simed-bench",
+                        help="cache of the simulated particles (shared with the other benchmarks)")
     args = parser.parse_args()
     card = read_card(args.phaser)
     geometry = Geometry(**card["geometry"])
-    particles = [particle(seed, geometry) for seed in range(args.particles)]
+    particles = ubiquitin_particles(args.work, args.particles)
     result = {"phaser": str(args.phaser), "cores": args.cores, "particles": args.particles,
               "machine": f"{os.cpu_count()} CPUs" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "")}
 
@@ -136,7 +141,7 @@ def main() -> None:
           flush=True)
     if torch.cuda.is_available():
         phaser = Phaser(args.phaser, "cuda")
-        gpu_particles = [particle(seed, geometry) for seed in range(256)]
+        gpu_particles = (particles * (256 // len(particles) + 1))[:256]
         result["default_cuda_particles_per_s"] = round(phaser_rate(phaser, gpu_particles, batch=64), 1)
         print(f"default phaser on CUDA: {result['default_cuda_particles_per_s']} particles/s", flush=True)
     print(json.dumps(result))

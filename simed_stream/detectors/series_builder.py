@@ -21,7 +21,7 @@ from simed_stream.detectors.base import Decoded
 from simed_stream.detectors.scan_map import EXTRA, IN_SCAN, ScanMap
 from simed_stream.detectors.settings import SourceSettings
 from simed_stream.image_files import read_pixel_mask
-from simed_stream.protocol import (ProtocolError, decode, encode_frames, encode_series_end,
+from simed_stream.protocol import (MAX_SIDE_PX, ProtocolError, decode, encode_frames, encode_series_end,
                                    encode_series_start)
 
 BIT_DEPTHS = {"|u1": 8, "<u2": 16, "<u4": 32, "<f4": 32}
@@ -84,7 +84,7 @@ class SeriesBuilder:
         """A new series; one still open ends first (its detector moved on without an end)."""
         events = self.end("incomplete", "the detector started another series before this one ended") \
             if self.series is not None else []
-        vendor.series_id = self._unique(vendor.series_id)
+        vendor.series_id = self._unique(_one_token(vendor.series_id))
         self.series = _Open(vendor)
         if vendor.sig_shape is not None and vendor.dtype is not None:
             events += self._start()
@@ -93,6 +93,10 @@ class SeriesBuilder:
     def frame(self, index: int, pixels: np.ndarray, timestamp_ns: int | None = None) -> list[Decoded]:
         """Detector frame `index` (0-based in its series). `pixels` may be a view in the wire's byte
         order: it is copied at once, into the batch, as the little-endian simed dtype."""
+        if pixels.ndim != 2 or not all(0 < side <= MAX_SIDE_PX for side in pixels.shape):
+            # an empty or absurd image (a broken header's shape) cannot be a frame of any series
+            return self.reject(f"{self.series.vendor.protocol} frame {index}: shape {list(pixels.shape)} is not "
+                               f"two sides of 1..{MAX_SIDE_PX} pixels", index)
         series = self.series
         series.frames_seen += 1
         series.last_frame = max(series.last_frame, index)
@@ -120,7 +124,9 @@ class SeriesBuilder:
         series.batch[len(series.batch_ids)] = pixels
         series.batch_ids.append(frame_id)
         series.batch_yx.append((y, x))
-        series.batch_t.append(timestamp_ns or time.time_ns())
+        # a detector's stamp outside uint64 (a garbled header) is no time: the arrival time stands in
+        series.batch_t.append(timestamp_ns if timestamp_ns is not None and 0 < timestamp_ns < 2**64
+                              else time.time_ns())
         if len(series.batch_ids) == len(series.batch):
             events += self._flush()
         return events
@@ -262,3 +268,14 @@ class SeriesBuilder:
         if len(self._used_ids) > 100_000:
             self._used_ids.clear()
         return candidate
+
+
+MAX_SERIES_ID_CHARS = 80
+
+
+def _one_token(series_id: str) -> str:
+    """A vendor's series id as one printable token: it is built from whatever the detector sent
+    (a garbled header's number may be a list, an array, a megabyte of text), and it appears in
+    every message, log line and capture name of the series."""
+    text = "".join(c if c.isprintable() and not c.isspace() else "_" for c in str(series_id))
+    return text[:MAX_SERIES_ID_CHARS] or "series"

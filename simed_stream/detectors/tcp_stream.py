@@ -25,7 +25,8 @@ def parse_endpoint(endpoint: str) -> tuple[str, int, bool]:
     listen = text.startswith("listen@")
     text = text.removeprefix("listen@").removeprefix("connect@")
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+    # isascii: str.isdigit also accepts '²' and other digits int() refuses
+    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise OSError(f"{endpoint!r} is not tcp://HOST:PORT or tcp://listen@HOST:PORT")
     return host.strip("[]"), int(port), listen
 

@@ -127,7 +127,7 @@ async def particle_png(request: web.Request) -> web.Response:
 
 async def timeline(request: web.Request) -> web.Response:
     text = request.query.get("since", "0")
-    if not text.isdigit() or len(text) > 12:
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:  # '²' is a digit to isdigit, not to int()
         return error(400, f"since must be a record number (0 or more), not {text!r}")
     return _json(request.app[STATE].timeline(request.match_info["name"], int(text))[0])
 

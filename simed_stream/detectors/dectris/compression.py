@@ -3,7 +3,8 @@
 
 Decoding uses DECTRIS's own `dectris-compression` and `lz4`; encoding (for the simulator) uses
 `bitshuffle` and `lz4`, so an encoder and a decoder written by different people meet in the
-tests. A declared size is checked against the caller's limit before anything is allocated.
+tests. A declared size is checked against the caller's limit, and against what the compressed
+bytes could possibly hold, before anything is allocated.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ import numpy as np
 HDF5_HEADER = struct.Struct(">QI")  # uncompressed bytes, block size in bytes
 DEFAULT_BLOCK_BYTES = 8192  # bitshuffle's default block for 1-, 2- and 4-byte elements
 ALGORITHMS = ("bslz4", "lz4")
+# LZ4 cannot expand more than 255× (a match's length grows by at most 255 per input byte): a
+# blob declaring more is broken or hostile, and refusing it spares allocating the declared size
+# (the libraries allocate it before they look at the data). The slack covers tiny blobs' headers.
+MAX_LZ4_RATIO = 255
+LZ4_SLACK_BYTES = 4096
 
 
 class CompressionError(ValueError):
     pass
+
+
+def _check_ratio(size: int, compressed_bytes: int, what: str) -> None:
+    if size > MAX_LZ4_RATIO * compressed_bytes + LZ4_SLACK_BYTES:
+        raise CompressionError(f"{what} of {compressed_bytes} bytes declares {size} bytes, more than LZ4 "
+                               f"can expand to ({MAX_LZ4_RATIO}×)")
 
 
 def declared_size(blob) -> int:
@@ -44,6 +56,7 @@ def decompress_hdf5(blob, algorithm: str, elem_size: int, limit: int, expected: 
         raise CompressionError(f"compressed data declares {size} bytes; the limit is {limit}")
     if expected is not None and size != expected:
         raise CompressionError(f"compressed data declares {size} bytes; the frame has {expected}")
+    _check_ratio(size, len(blob), f"{algorithm} data")
     try:
         data = decompress(bytes(blob) if not isinstance(blob, bytes) else blob, algorithm, elem_size=elem_size)
     except Exception as error:  # the library raises RuntimeError, SystemError, ... on bad input
@@ -55,6 +68,7 @@ def decompress_hdf5(blob, algorithm: str, elem_size: int, limit: int, expected: 
 
 def decompress_lz4_block(blob, expected: int) -> bytes:
     """A bare LZ4 block of exactly `expected` bytes once decoded."""
+    _check_ratio(expected, len(blob), "an lz4 block")
     try:
         data = lz4.block.decompress(bytes(blob), uncompressed_size=expected)
     except lz4.block.LZ4BlockError as error:

@@ -77,6 +77,8 @@ class StreamV1:
         return self._dispatch(header, htype, part)
 
     def _dispatch(self, header: dict | None, htype: str | None, part) -> list[Decoded]:
+        if htype is not None and not isinstance(htype, str):
+            return self.builder.reject(f"DECTRIS stream v1: htype {str(htype)[:80]!r} is not a string")
         if htype == "dheader-1.0":
             events = self.builder.end("aborted", "a new dheader-1.0 came before dseries_end-1.0") \
                 if self.builder.open else []
@@ -149,14 +151,13 @@ class StreamV1:
 
     def _decode(self, blob) -> np.ndarray:
         dimage, info = self.image["dimage"], self.image.get("dimage_d", {})
-        if not isinstance(dimage.get("frame"), int) or dimage["frame"] < 0:
+        if not isinstance(dimage.get("frame"), int) or isinstance(dimage["frame"], bool) or dimage["frame"] < 0:
             raise ValueError(f"frame {dimage.get('frame')!r} is not a frame number")
-        dtype = PIXEL_TYPES.get(info.get("type"))
+        dtype = PIXEL_TYPES.get(info.get("type")) if isinstance(info.get("type"), str) else None
         shape = info.get("shape")
         if dtype is None:
             raise ValueError(f"pixel type {info.get('type')!r} is not one of {sorted(PIXEL_TYPES)}")
-        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and 0 < v <= 65536
-                                                                     for v in shape)):
+        if not _is_shape(shape):
             raise ValueError(f"shape {shape!r} is not [x, y]")
         nbytes = shape[0] * shape[1] * np.dtype(dtype).itemsize
         if nbytes > MAX_FRAME_BYTES:
@@ -172,6 +173,8 @@ class StreamV1:
         detail = self.image.pop("detail", {})
         if kind == "pixel_mask":
             shape = detail.get("shape")
+            if not _is_shape(shape):
+                return self.builder.reject(f"DECTRIS stream v1: pixel mask shape {str(shape)[:80]} is not [x, y]")
             try:
                 mask = np.frombuffer(bytes(blob), "<u4").reshape(shape[1], shape[0])
                 self.mask = (mask != 0).astype(np.uint8)
@@ -180,6 +183,12 @@ class StreamV1:
             if self.builder.open and not self.builder.series.started:
                 self.builder.series.vendor.pixel_mask = self.mask
         return []
+
+
+def _is_shape(shape) -> bool:
+    """[x, y], each an integer 1..65536 (JSON true is no size)."""
+    return isinstance(shape, list) and len(shape) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in shape)
 
 
 def _decompress(blob, encoding, itemsize: int, nbytes: int) -> bytes:

@@ -68,6 +68,9 @@ def _tag_hook(tag, immutable):
         if not (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[1], np.ndarray)):
             raise V2Error(f"tag {tag.tag} is not [dimensions, typed array]")
         dims, array = value
+        if not (isinstance(dims, (list, tuple)) and all(isinstance(d, int) and d >= 0 for d in dims)):
+            # numpy would read -1 as "the rest" and accept what the sender never meant
+            raise V2Error(f"dimensions {str(dims)[:80]} are not non-negative integers")
         try:
             return array.reshape([int(d) for d in dims], order="C" if tag.tag == 40 else "F")
         except (ValueError, TypeError):
@@ -109,7 +112,9 @@ class StreamV2:
         return self._image(message)
 
     def _start(self, start: dict) -> list[Decoded]:
-        channels = list(start.get("channels")) if isinstance(start.get("channels"), (list, tuple)) else []
+        # channel names are strings; anything else (a list is no dict key) is no channel
+        channels = [c for c in start.get("channels") if isinstance(c, str)] \
+            if isinstance(start.get("channels"), (list, tuple)) else []
         self.channel = self.channel_setting or (channels[0] if channels else None)
         mask = start["pixel_mask"].get(self.channel) if isinstance(start.get("pixel_mask"), Mapping) else None
         x, y = start.get("image_size_x"), start.get("image_size_y")
@@ -133,7 +138,8 @@ class StreamV2:
         index = index if isinstance(index, int) and index >= 0 else None
         if not self.builder.open:
             self._start({"series_id": image.get("series_id"), "series_unique_id": image.get("series_unique_id"),
-                         "channels": sorted(image["data"]) if isinstance(image.get("data"), Mapping) else []})
+                         "channels": sorted(k for k in image["data"] if isinstance(k, str))
+                         if isinstance(image.get("data"), Mapping) else []})
             self.builder.series.notes.append("no start message seen: the receiver joined mid-series")
         data = image.get("data") if isinstance(image.get("data"), Mapping) else {}
         array = data.get(self.channel) if self.channel is not None else next(iter(data.values()), None)
@@ -151,9 +157,14 @@ class StreamV2:
 
 def _stamp_ns(image: dict) -> int | None:
     start, date = image.get("start_time"), image.get("series_date")
-    if not (isinstance(start, (list, tuple)) and len(start) == 2 and isinstance(date, datetime) and start[1]):
+    if not (isinstance(start, (list, tuple)) and len(start) == 2 and isinstance(date, datetime)
+            and isinstance(start[0], int) and isinstance(start[1], int) and start[0] >= 0 and start[1] > 0):
+        return None  # start_time is [ticks, ticks per second]
+    try:
+        stamp_ns = int(date.timestamp() * 1e9) + start[0] * 1_000_000_000 // start[1]
+    except (OverflowError, ValueError, OSError):  # a date outside what the platform's clock can say
         return None
-    return int(date.timestamp() * 1e9) + int(start[0]) * 1_000_000_000 // int(start[1])
+    return stamp_ns if 0 < stamp_ns < 2**63 else None
 
 
 def _plain(value):

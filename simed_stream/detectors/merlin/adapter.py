@@ -116,7 +116,9 @@ class MerlinAdapter(TcpAdapter):
     def _acquisition(self, payload: bytes) -> list[Decoded]:
         self.acquisition = fields = parse_acquisition_header(payload)
         announced = fields.get("Frames in Acquisition (Number)", "")
-        self.announced = int(announced) if announced.isdigit() and int(announced) > 0 else None
+        # isascii: the header is read as Latin-1, where '²' is a digit to isdigit but not to int()
+        digits = announced.isascii() and announced.isdigit()
+        self.announced = int(announced) if digits and int(announced) > 0 else None
         self.first_sequence = 1
         return self._begin("")
 

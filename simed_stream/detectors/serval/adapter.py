@@ -33,12 +33,13 @@ QUIET_END_S = 0.5
 def frame_layout(header: dict) -> tuple[int, int, str, int]:
     """(height, width, dtype kind+size, pixel bytes) of a jsonimage header; ValueError if unusable."""
     width, height = header.get("width"), header.get("height")
-    if not all(isinstance(v, int) and 0 < v <= 65536 for v in (width, height)):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 65536 for v in (width, height)):
         raise ValueError(f"width {width!r} and height {height!r} must be 1..65536")
     if "pixelFormat" in header:
         kind = FORMATS.get(str(header["pixelFormat"]).lower())
     else:
-        kind = BIT_DEPTHS.get(header.get("bitDepth"))
+        depth = header.get("bitDepth")
+        kind = BIT_DEPTHS.get(depth) if isinstance(depth, int) else None  # a list or dict is no key
     if kind is None:
         raise ValueError(f"pixel format {header.get('pixelFormat', header.get('bitDepth'))!r} is not read "
                          "(uint8, uint16, uint32)")
@@ -46,6 +47,13 @@ def frame_layout(header: dict) -> tuple[int, int, str, int]:
     if "dataSize" in header and header["dataSize"] != nbytes:
         raise ValueError(f"dataSize {header['dataSize']!r} is not {width}×{height}×{kind[1]} bytes")
     return height, width, kind, nbytes
+
+
+def _stamp_ns(value) -> int | None:
+    """`timeAtFrame` (ns) when it is a usable time: a positive number below 2**63 (not inf, not NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 2**63:
+        return None
+    return int(value)
 
 
 class ServalAdapter(TcpAdapter):
@@ -122,9 +130,7 @@ class ServalAdapter(TcpAdapter):
         if pixels is None:
             return events + self.builder.reject(f"Serval frame {number}: cut short (the next header came early)", number)
         array = np.frombuffer(pixels, self.order + kind).reshape(shape)  # a view: the builder copies it
-        stamp = header.get("timeAtFrame")
-        return events + self.builder.frame(number, array, int(stamp) if isinstance(stamp, (int, float)) and stamp > 0
-                                           else None)
+        return events + self.builder.frame(number, array, _stamp_ns(header.get("timeAtFrame")))
 
     def _series_for(self, header: dict, number: int | None) -> list[Decoded]:
         measurement = header.get("measurementID")
