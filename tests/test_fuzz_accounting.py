@@ -334,6 +334,25 @@ def merlin_receiver(tmp_path):
         server.close()
 
 
+def test_merlin_frame_numbered_beyond_the_acquisition_does_not_end_it(merlin_receiver):
+    """A frame whose header claims a sequence number beyond `Frames in Acquisition` (here frame
+    2 says 999999) ended the acquisition as complete, and its intact frames 3..5 became a second
+    series without a header: an intact frame lost to its series, and one example closing two,
+    which put the count-based test out of step (one of the Merlin failure's ways)."""
+    receiver, server = merlin_receiver
+    messages = merlin_series(1)
+    garbled = bytearray(messages[3])
+    at = garbled.index(b"MQ1,") + 4
+    garbled[at:at + 6] = b"999999"
+    fates = ["intact", "intact", bytes(garbled), "drop", "intact", "intact"]  # frame 3 dropped: 4, 5 checked
+    summary = tcp_example(receiver, server, "merlin", messages, fates, f"merlin-{1:019d}")
+    with h5py.File(summary.path, "r") as f:
+        assert f["frame_status"][:].tolist() == [RECEIVED, RECEIVED, MISSING, MISSING, RECEIVED, RECEIVED]
+    assert summary.accounting["received"] == 4, summary.accounting
+    time.sleep(ABSENT_AFTER_S)  # whatever else came of the connection has closed by now
+    assert [s.series_id for s in receiver.closed] == [summary.series_id]
+
+
 def test_merlin_acquisition_with_nothing_readable_then_a_whole_one(merlin_receiver):
     """An acquisition none of whose frames arrives has nothing to capture: no series closes, and
     the next connection's acquisition is whole (the Merlin long run's cascade of time-outs)."""
