@@ -26,9 +26,11 @@ class RecordingDectris(DectrisSimulator):
         self.sent.append([bytes(part) for part in parts])
 
 
-def recorded_series(version: int, compression: str, mask: bool = False) -> list[list[bytes]]:
-    """A whole series (start, 6 frames, end) as the simulator sends it."""
+def recorded_series(version: int, compression: str, mask: bool = False, number: int = 1) -> list[list[bytes]]:
+    """A whole series (start, 6 frames, end) as the simulator sends it; `number` is the detector's
+    series number, so the receiver's series id is `dectris-<number>`."""
     sim = RecordingDectris(version, compression)
+    sim.series_count = number - 1  # the simulator numbers its series from 1
     try:
         source = scan_source("d", SCAN, 1, frames=unique_frames(6, shape=SHAPE, dtype="<u2"))
         if mask:
@@ -67,6 +69,15 @@ def recorded(simulator_class, **options) -> list[bytes]:
     sim.sender = Recorder()
     sim.stream(scan_source("t", SCAN, 1, frames=unique_frames(6, shape=SHAPE, dtype="<u2")))
     return sim.sender.messages
+
+
+def merlin_series(number: int) -> list[bytes]:
+    """The recorded Merlin series with an acquisition header whose time stamp is `number`'s 19
+    digits (same length, so the MPX length still holds): the receiver names it `merlin-<digits>`."""
+    header = TCP_SERIES["merlin"][0]
+    start = header.index(b"hr min s):\t") + len(b"hr min s):\t")
+    stamp = f"{number:019d}".encode()
+    return [header[:start] + stamp + header[start + len(stamp):]] + TCP_SERIES["merlin"][1:]
 
 
 #: {kind: messages}; Merlin: [HDR, 6 × MQ1], each a whole MPX message; Serval: 6 × (header line + pixels)

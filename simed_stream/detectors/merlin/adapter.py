@@ -5,8 +5,8 @@ The payload of the first is the acquisition header (`HDR,` … `End`: `Frames in
 (Number)`, `Counter Depth (number)`, …); each frame's is an `MQ1,` header (sequence number from
 1, header size, chips, width, height, pixel type, layout, …, `MQ1A`, time stamp, shutter,
 counter depth) followed by the pixels, big-endian: U08 for 1- and 6-bit counters, U16 for 12-bit,
-U32 for 24-bit. There is no end message: the series ends after `Frames in Acquisition` frames (or,
-when that is 0 — continuous — after the scan's frames and a quiet wire). Raw (R64) mode is not
+U32 for 24-bit. There is no end message: the series ends with its frame numbered `Frames in
+Acquisition` (or, when that is 0 — continuous — after the scan's frames and a quiet wire). Raw (R64) mode is not
 read: set the Merlin to its default, non-raw output.
 
 A message is checked before use: a length that is no number, a payload of another kind, a
@@ -171,7 +171,12 @@ class MerlinAdapter(TcpAdapter):
                 return []
             self.first_sequence += index + 1  # continuous: the next frame starts the next scan
             return self.builder.end("complete")
-        return self.builder.end("complete") if index + 1 >= frames else []
+        # Only the acquisition's own last frame ends it. A frame numbered beyond it (a garbled
+        # sequence number) is counted beyond the scan and the series goes on: ending there would
+        # mark the series complete and put the intact frames that follow into a new series without
+        # its header, lost to this one. Nothing follows a true last frame in order, so waiting
+        # costs nothing; an acquisition that never sends it ends at the next HDR or the close.
+        return self.builder.end("complete") if index + 1 == frames else []
 
     def _quiet_end(self) -> list[Decoded]:
         series = self.builder.series
