@@ -53,6 +53,15 @@ def not_vacuous(seen: list, examples_run: int) -> None:
     assert sum(n for n, _ in seen) > 0 and any(a["rejected"] + a["missing"] for _, a in seen)
 
 
+def run_examples(one_series, seen: list, close) -> None:
+    """Run the property, require that it checked something, and close the sender whatever happened."""
+    try:
+        one_series()
+        not_vacuous(seen, 3)
+    finally:
+        close()
+
+
 def closed_series(receiver: Receiver, series_id: str, what, may_be_absent: bool = False) -> object:
     """The summary of `series_id` once the receiver has closed it. Each example waits for its own
     series, found by its id, never by counting closed series: an example can close none (a series
@@ -140,12 +149,7 @@ def test_mutated_simed_streams_every_frame_accounted(tmp_path, caplog):
             no_internal_errors(receiver, caplog)
 
         seen = []
-        try:
-            one_series()
-            not_vacuous(seen, 3)
-        finally:
-            push.close(linger=0)
-            context.term()
+        run_examples(one_series, seen, lambda: (push.close(linger=0), context.term()))
 
 
 # ---------------------------------------------------------------- DECTRIS stream v1 and v2 over ZeroMQ
@@ -194,12 +198,7 @@ def test_mutated_dectris_streams_every_frame_accounted(tmp_path, caplog):
             no_internal_errors(receiver, caplog)
 
         seen = []
-        try:
-            one_series()
-            not_vacuous(seen, 3)
-        finally:
-            push.close(linger=0)
-            context.term()
+        run_examples(one_series, seen, lambda: (push.close(linger=0), context.term()))
 
 
 # ---------------------------------------------------------------- Merlin and Serval over TCP
@@ -266,11 +265,7 @@ def test_mutated_tcp_streams_every_frame_accounted(tmp_path, caplog, kind):
             no_internal_errors(receiver, caplog)
 
         seen = []
-        try:
-            one_series()
-            not_vacuous(seen, 3)
-        finally:
-            server.close()
+        run_examples(one_series, seen, server.close)
 
 
 # ---------------------------------------------------------------- the long profile's failures, pinned down
