@@ -51,9 +51,11 @@ def watch(server: WebServer, until, timeout_s: float = 30.0) -> list[dict]:
         time.sleep(0.05)
 
 
-def closed_by_server(client) -> bool:
-    """Drain what the server sent; True once it closed or reset the connection."""
-    client.settimeout(0.2)
+def closed_by_server(client, patience_s: float = 10.0) -> bool:
+    """Drain what the server sent; True once it closed or reset the connection, False if it went
+    quiet for `patience_s` with the connection open. The patience is generous: the server counts a
+    refusal when it accepts and closes a moment later, which on a loaded machine took over 0.2 s."""
+    client.settimeout(patience_s)
     try:
         while chunk := client.recv(1 << 20):
             del chunk

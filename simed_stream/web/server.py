@@ -45,6 +45,34 @@ class _Refused(asyncio.Protocol):
         transport.abort()
 
 
+class _Counted(asyncio.Protocol):
+    """aiohttp's protocol for one connection, counted from its admission to its loss: aiohttp lists
+    a connection only from `connection_made`, a loop iteration or two after admission, so a count
+    of its list plus "admitted, not yet listed" guessed by callback order miscounted under load."""
+
+    def __init__(self, inner: asyncio.Protocol, lost) -> None:
+        self.inner, self.lost = inner, lost
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost()
+        self.inner.connection_lost(exc)
+
+
 class WebServer:
     """`start()` serves `view` until `stop()`; `url` is the address to open (with the token)."""
 
@@ -57,7 +85,7 @@ class WebServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="simed-web", daemon=True)
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
-        self.refused = self.peak_connections = self._admitting = 0  # refused: closed at once (too many)
+        self.refused = self.peak_connections = self._open = 0  # refused: closed at once (too many)
 
     @property
     def url(self) -> str:
@@ -106,23 +134,16 @@ class WebServer:
         self._reaper = asyncio.create_task(self._reap())
 
     def _admit(self) -> asyncio.Protocol:
-        """The protocol for a new connection: aiohttp's, or one that closes it (too many).
-
-        A connection counts from here; aiohttp lists it from its `connection_made`, which asyncio
-        calls soon after — after the callback scheduled here but before the one *that* schedules:
-        so `_admitting` covers exactly those accepted but not yet listed."""
-        handlers = self._runner.server
-        connections = len(handlers.connections) + self._admitting
-        if connections >= self.limits.max_connections:
+        """The protocol for a new connection: aiohttp's, counted, or one that closes it (too many)."""
+        if self._open >= self.limits.max_connections:
             self.refused += 1
             return _Refused()
-        self.peak_connections = max(self.peak_connections, connections + 1)
-        self._admitting += 1
-        self._loop.call_soon(self._loop.call_soon, self._admitted)
-        return handlers()
+        self._open += 1
+        self.peak_connections = max(self.peak_connections, self._open)
+        return _Counted(self._runner.server(), self._lost)
 
-    def _admitted(self) -> None:
-        self._admitting -= 1
+    def _lost(self) -> None:
+        self._open -= 1
 
     async def _reap(self) -> None:
         """Abort connections whose unsent answer never got below its size for `stall_s`."""
