@@ -174,7 +174,7 @@ class WebServer:
 
     async def _stats(self) -> dict:
         connections, state = self._runner.server.connections, self._app[STATE]
-        return {"connections": len(connections), "peak_connections": self.peak_connections,
+        return {"connections": self._open, "peak_connections": self.peak_connections,
                 "refused": self.refused, "cut_off": state.cut_off, "streams": state.streams,
                 "unsent_bytes": sum(h.transport.get_write_buffer_size() for h in connections if h.transport),
                 "in_flight": state.gate.in_flight, "peak_in_flight": state.gate.peak_in_flight,
