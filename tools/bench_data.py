@@ -8,6 +8,9 @@ import tempfile
 from pathlib import Path
 
 
+DEFAULT_WORK = Path(tempfile.gettempdir()) / "simed-bench"  # every benchmark's cache, shared
+
+
 def ubiquitin_dataset(folder: Path, orientations: int, workers: int = 2) -> Path:
     from simulator import BUNDLED_DATA
     from simulator.config import load_simulation_config
@@ -38,8 +41,7 @@ def scan_arguments(parser: argparse.ArgumentParser, scan_shape: str, particles: 
     parser.add_argument("--particles", type=int, default=particles)
     parser.add_argument("--frames-per-position", type=int, default=frames_per_position)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "simed-bench",
-                        help="cache of the simulated inputs and outputs")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="cache of the simulated inputs and outputs")
 
 
 def capture_for(args: argparse.Namespace) -> Path:

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -34,6 +33,7 @@ from simed_stream.phasing.inference import Phaser, read_card
 from simed_stream.phasing.network import UNetGenerator, data_consistency
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_data beside this file
+from bench_data import DEFAULT_WORK, ubiquitin_dataset  # noqa: E402
 
 
 def ubiquitin_particles(work: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -41,11 +41,10 @@ def ubiquitin_particles(work: Path, count: int) -> list[tuple[np.ndarray, np.nda
     depends on content (a particle whose solutions disagree is searched again), so it is timed on
     the kind of particle it phases, a protein none of its settings were chosen on."""
     import h5py
-    from bench_data import ubiquitin_dataset
 
     path = ubiquitin_dataset(work, 12)
     with h5py.File(path, "r") as f:
-        return [(f["diffraction"][i], f["image_lr"][i]) for i in range(min(count, len(f["diffraction"])))]
+        return [(f["diffraction"][i], f["image_lr"][i]) for i in range(count)]
 
 
 def _numpy_phase(job) -> float:
@@ -110,9 +109,11 @@ def main() -> None:
     parser.add_argument("--phaser", type=Path, default=DEFAULT_PHASER)
     parser.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--particles", type=int, default=8, help="at most 12")
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "simed-bench",
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
                         help="cache of the simulated particles (shared with the other benchmarks)")
     args = parser.parse_args()
+    if not 1 <= args.particles <= 12:
+        parser.error(f"--particles {args.particles}: the cached ubiquitin dataset has 12 (1..12)")
     card = read_card(args.phaser)
     geometry = Geometry(**card["geometry"])
     particles = ubiquitin_particles(args.work, args.particles)
