@@ -134,6 +134,42 @@ def test_stream_v2_messages_built_to_the_specification(tmp_path, dtype, compress
         assert f["pixel_mask"][:].sum() == 1 and f["pixel_mask"][3, 4] == 1
 
 
+def test_a_detector_mask_that_does_not_fit_the_frames_is_dropped_and_the_series_kept(tmp_path):
+    """A 4×4 mask with 20×24 frames: the series arrives whole, without the mask, with a note
+    (the mask once made the series start unreadable, so the series was lost)."""
+    import cbor2
+    import h5py
+
+    frames = unique_frames(6, shape=(20, 24), dtype="<u2")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    settings = receiver_settings(tmp_path, "dectris", endpoint, {"shape": (2, 3)})
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.bind(endpoint)
+    mask = np.ones((4, 4), "<u4")
+
+    def send():
+        push.send(_v2({"type": "start", "series_id": 8, "series_unique_id": "01MASK", "number_of_images": 6,
+                       "channels": ["threshold_1"], "image_size_x": 4, "image_size_y": 4,
+                       "pixel_mask": {"threshold_1": cbor2.CBORTag(40, [[4, 4], cbor2.CBORTag(70, mask.tobytes())])}}))
+        for i in range(6):
+            push.send(_v2({"type": "image", "series_id": 8, "series_unique_id": "01MASK", "image_id": i,
+                           "data": {"threshold_1": _image_array(frames[i], "none")}}))
+        push.send(_v2({"type": "end", "series_id": 8, "series_unique_id": "01MASK"}))
+
+    try:
+        summary, = run_receiver(settings, send)
+    finally:
+        push.close(linger=1000)
+        context.term()
+    captured, status, _yx, _start, _accounting = capture(summary)
+    assert summary.end_status == "complete" and (status == 1).all()
+    np.testing.assert_array_equal(captured, frames)
+    with h5py.File(summary.path) as f:
+        assert "pixel_mask" not in f
+    assert any("pixel mask is [4, 4], the frames [20, 24]: not used" in note for note in summary.notes)
+
+
 def test_stream_v2_rejects_what_breaks_the_specification():
     import cbor2
 

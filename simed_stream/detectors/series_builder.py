@@ -194,6 +194,12 @@ class SeriesBuilder:
         series.started = True
         if series.vendor.pixel_mask is None and self.settings.pixel_mask is not None:
             series.vendor.pixel_mask = self._configured_mask(series)
+        elif series.vendor.pixel_mask is not None and series.vendor.pixel_mask.shape != tuple(series.vendor.sig_shape):
+            # the detector's own mask, checked against the frames it sends, not against what it
+            # claims: a mismatched mask would make the series start unreadable and lose the series
+            series.notes.append(f"the detector's pixel mask is {list(series.vendor.pixel_mask.shape)}, the frames "
+                                f"{list(series.vendor.sig_shape)}: not used")
+            series.vendor.pixel_mask = None
         parts = encode_series_start(series.vendor.series_id, self._seq(), self._start_fields(series.vendor),
                                     series.vendor.pixel_mask)
         events = [self._decoded(parts)]

@@ -117,7 +117,6 @@ class StreamV2:
             if isinstance(start.get("channels"), (list, tuple)) else []
         self.channel = self.channel_setting or (channels[0] if channels else None)
         mask = start["pixel_mask"].get(self.channel) if isinstance(start.get("pixel_mask"), Mapping) else None
-        x, y = start.get("image_size_x"), start.get("image_size_y")
         vendor = VendorSeries(
             f"dectris-{start.get('series_id')}", str(start.get("detector_description", "DECTRIS")),
             "DECTRIS stream v2", unique_id=_text(start.get("series_unique_id")),
@@ -128,9 +127,6 @@ class StreamV2:
         events = self.builder.begin(vendor)
         if self.channel_setting and channels and self.channel_setting not in channels:
             self.builder.series.notes.append(f"channel {self.channel_setting!r} is not among {channels}")
-        if vendor.pixel_mask is not None and (isinstance(x, int) and isinstance(y, int)) \
-                and vendor.pixel_mask.shape != (y, x):
-            vendor.pixel_mask = None
         return events
 
     def _image(self, image: dict) -> list[Decoded]:
