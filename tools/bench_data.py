@@ -4,11 +4,19 @@ protein never used in training) and a synthetic scan built from it, cached under
 from __future__ import annotations
 
 import argparse
+import socket
 import tempfile
 from pathlib import Path
 
 
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "simed-bench"  # every benchmark's cache, shared
+
+
+def free_endpoint() -> str:
+    """A loopback ZeroMQ endpoint on a port free at this moment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def ubiquitin_dataset(folder: Path, orientations: int, workers: int = 2) -> Path:

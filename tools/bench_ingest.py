@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,15 +42,11 @@ from pathlib import Path
 
 import zmq
 
+from bench_data import free_endpoint  # beside this file: a script's folder is on sys.path
+
 SHAPE = (256, 256)
 FRAMES_PER_POSITION = 4
 SOURCES = ("simed", "dectris", "merlin", "serval")
-
-
-def _endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _nav(frames: int) -> tuple[int, int]:
@@ -103,7 +98,7 @@ def _zmq_io_cpu_s() -> float:
 
 def raw(frames: int) -> dict:
     """Receive and discard: the ceiling ZeroMQ and Python give between two processes."""
-    endpoint = _endpoint()
+    endpoint = free_endpoint()
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     pull.connect(endpoint)
@@ -129,7 +124,7 @@ def ingest(source: str, frames: int, rate: str, options: dict | None = None, det
     """One series through the receiver; `options`: more receiver settings (e.g. its keys)."""
     from simed_stream.ingest import Receiver, ReceiverSettings
 
-    endpoint = _endpoint()
+    endpoint = free_endpoint()
     with tempfile.TemporaryDirectory() as folder:
         extra = dict(options or {})
         if source != "simed":  # (a setting older revisions do not have)

@@ -18,7 +18,7 @@ import json
 import shutil
 from pathlib import Path
 
-from simed_stream.phasing.inference import Phaser, read_card
+from simed_stream.phasing.inference import Phaser, card_path, read_card
 
 EVALUATION_KEYS = ("dataset", "samples", "proteins_seen_in_making_the_phaser", "mean", "median", "success_rate",
                    "size_bins", "per_protein", "resolution_estimate", "seconds_per_particle", "dose")
@@ -50,8 +50,7 @@ def main() -> None:
     out = args.models / args.name
     out.mkdir(parents=True, exist_ok=True)
     if card.get("network"):
-        source = Path(args.phaser) / card["network"]["file"] if Path(args.phaser).is_dir() else \
-            Path(args.phaser).with_name(card["network"]["file"])
+        source = card_path(args.phaser).with_name(card["network"]["file"])
         if source.resolve() != (out / card["network"]["file"]).resolve():
             shutil.copyfile(source, out / card["network"]["file"])
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")

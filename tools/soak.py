@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import queue
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,18 +35,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # simed_stream and simulator, from this checkout
+from bench_data import free_endpoint  # noqa: E402  (beside this file: a script's folder is on sys.path)
 FAULTS = ("drop=0.01,source_drop=0.01,reorder=0.01,duplicate=0.01,truncate=0.005,garbage=0.005,"
           "wrong_shape=0.005,wrong_dtype=0.005,oversize=1")
 DISCONNECT_EVERY = 5  # series; a disconnect costs the detector ~0.3 s and a reconnection
 NAV_SHAPES = ((16, 16), (24, 24), (20, 30))  # several series kinds, cycled
 FRAMES_PER_POSITION = 4
 MAX_MESSAGE_BYTES = 16 << 20  # small enough that the oversize fault stays cheap
-
-
-def _endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 # -- the detector (child process) ------------------------------------------------------------
@@ -123,7 +117,7 @@ def _check(summary, report: dict | None) -> tuple[bool, bool]:
 def soak(args) -> dict:
     from simed_stream.ingest import Receiver, ReceiverSettings
 
-    endpoint = _endpoint()
+    endpoint = free_endpoint()
     totals = dict.fromkeys(("frames", "received", "rejected", "dropped_at_source", "missing", "duplicates"), 0)
     series, unbalanced, disagreeing, reports = 0, [], [], {}
     samples, baseline, pending = [], None, {}
